@@ -1,0 +1,99 @@
+"""``python -m sesahand <command>``: the work people do outside ComfyUI.
+
+Commands:
+    render   pose hands (preset, pose file or random) and write the condition maps + labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("sesahand")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 512x512") from None
+    for v in (w, h):
+        if v <= 0 or v % 8:
+            raise argparse.ArgumentTypeError(f"size {text!r}: both sides must be positive multiples of 8 "
+                                             "(Stable Diffusion works on an 8-pixel latent grid), e.g. 512x512")
+    return w, h
+
+
+def _pose_spec(args):
+    from .hands import PRESET_NAMES, PoseSpec
+
+    if args.pose == "random":
+        return PoseSpec.random(args.seed, num_hands=args.num_hands, side=args.side)
+    if args.pose in PRESET_NAMES:
+        return PoseSpec.preset(args.pose, side=args.side)
+    if args.pose.endswith(".json") or Path(args.pose).exists():
+        return PoseSpec.from_json(args.pose)
+    raise ValueError(f"--pose {args.pose!r}: not a preset, a .json pose file or 'random'; presets: "
+                     f"{', '.join(PRESET_NAMES)}")
+
+
+def cmd_render(args) -> int:
+    import numpy as np
+
+    from .hands import Camera, load_hand_model
+    from .io import atomic_path, atomic_write_bytes
+    from .pipeline import render_scenes
+    from .render import save_conditions
+
+    spec = _pose_spec(args)
+    model = load_hand_model(args.hand_model, mano_path=args.mano_path)
+    camera = Camera.default(*args.size, fov_deg=args.fov)
+    scenes = spec.resolve(model, camera, 1)
+    conditions, rendered = render_scenes(model, scenes, backend=args.backend)
+    labels = rendered.frame_dict(0)
+    labels["request"] = {"pose": args.pose, "seed": args.seed, "size": list(args.size), "fov_deg": args.fov,
+                         "hand_model": args.hand_model, "backend": args.backend}
+    out = Path(args.out)
+    written = save_conditions(conditions, 0, out)
+    with atomic_path(out / "depth.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, conditions.depth[0].cpu().numpy())
+    atomic_write_bytes(out / "labels.json", json.dumps(labels, indent=1).encode())
+    log.info("wrote %s, depth.npy and labels.json to %s", ", ".join(p.name for p in written.values()), out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sesahand", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("render", help="render condition maps and labels of posed hands")
+    r.add_argument("--pose", default="open_palm",
+                   help="a preset name, a pose .json file, or 'random' (default: open_palm)")
+    r.add_argument("--seed", type=int, default=0, help="seed of --pose random")
+    r.add_argument("--num-hands", type=int, choices=(1, 2), default=1, help="hands of --pose random")
+    r.add_argument("--side", choices=("right", "left"), default="right", help="side of a preset or single random hand")
+    r.add_argument("--size", type=_size, default=(512, 512), help="WIDTHxHEIGHT, multiples of 8 (default 512x512)")
+    r.add_argument("--fov", type=float, default=40.0, help="horizontal field of view in degrees (default 40)")
+    r.add_argument("--hand-model", choices=("anny", "mano"), default="anny", help="default: anny (open)")
+    r.add_argument("--mano-path", help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl (for --hand-model mano)")
+    r.add_argument("--backend", choices=("auto", "moderngl", "nvdiffrast"), default="auto")
+    r.add_argument("--out", required=True, help="output folder")
+    r.set_defaults(func=cmd_render)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2

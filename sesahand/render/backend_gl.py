@@ -1,0 +1,191 @@
+"""moderngl backend: one headless EGL OpenGL 3.3 context (Mesa llvmpipe on CPU is enough)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from .maps import AMBIENT
+from .scene import FrameGeometry, GBuffer
+
+_VERTEX_SHADER = """
+#version 330
+uniform mat4 projection;
+in vec3 in_position;
+in vec3 in_normal;
+in vec3 in_color;
+in float in_hand;
+out vec3 v_position;
+out vec3 v_normal;
+out vec3 v_color;
+flat out float v_hand;
+void main() {
+    v_position = in_position;
+    v_normal = in_normal;
+    v_color = in_color;
+    v_hand = in_hand;
+    gl_Position = projection * vec4(in_position, 1.0);
+}
+"""
+
+# Same maths as maps.shade(); keep the two in step.
+_FRAGMENT_SHADER = f"""
+#version 330
+in vec3 v_position;
+in vec3 v_normal;
+in vec3 v_color;
+flat in float v_hand;
+layout(location = 0) out vec4 out_mesh;
+layout(location = 1) out vec4 out_normal;
+layout(location = 2) out float out_depth;
+layout(location = 3) out float out_hand;
+void main() {{
+    vec3 d = normalize(v_position);
+    float len = length(v_normal);
+    vec3 n = len > 1e-12 ? v_normal / len : -d;
+    if (dot(n, d) > 0.0) n = -n;
+    float lambert = max(-dot(n, d), 0.0);
+    out_mesh = vec4(v_color * ({AMBIENT!r} + (1.0 - {AMBIENT!r}) * lambert), 1.0);
+    out_normal = vec4(0.5 - 0.5 * n, 1.0);
+    out_depth = v_position.z;
+    out_hand = v_hand / 255.0;
+}}
+"""
+
+_VERTEX_FORMAT = ("3f 3f 3f 1f", "in_position", "in_normal", "in_color", "in_hand")
+
+_NO_EGL_HELP = (
+    "install Mesa's EGL and OpenGL drivers (Debian/Ubuntu: apt-get install libegl1 "
+    "libgl1-mesa-dri; they render on the CPU through llvmpipe when there is no GPU), or use "
+    "backend='nvdiffrast' on a machine with CUDA and nvdiffrast"
+)
+
+
+class GLBackend:
+    """Rasterises hands with moderngl into a G-buffer of multiple render targets.
+
+    One context, program, vertex/index buffer and framebuffer are kept and reused; buffers
+    grow when a frame needs more room and the framebuffer is rebuilt only when the image size
+    changes. Each frame is one draw call that writes shaded colour, NormalBAE colour, camera
+    z and hand index into four targets (no multisampling), read back straight into the output
+    tensors. Calls are serialised with a lock and make the context current for their
+    duration, so other OpenGL users in the process (and other threads) are not disturbed.
+
+    Raises:
+        RuntimeError: moderngl is missing or no EGL OpenGL 3.3 context can be created.
+    """
+
+    name = "moderngl"
+    device = torch.device("cpu")
+
+    def __init__(self):
+        try:
+            import moderngl
+        except ImportError as exc:
+            raise RuntimeError(f"moderngl backend: the moderngl package is not importable "
+                               f"({exc}); pip install moderngl") from None
+        self._mgl = moderngl
+        try:
+            self._ctx = moderngl.create_context(standalone=True, backend="egl", require=330)
+        except Exception as exc:  # glcontext raises bare Exception subclasses
+            raise RuntimeError(f"moderngl backend: cannot create a headless EGL OpenGL 3.3 "
+                               f"context ({exc}); {_NO_EGL_HELP}") from None
+        self._lock = threading.Lock()
+        with self._ctx:
+            self._program = self._ctx.program(vertex_shader=_VERTEX_SHADER,
+                                              fragment_shader=_FRAGMENT_SHADER)
+        self._vbo = self._ibo = self._vao = self._fbo = None
+        self._fbo_parts: list = []
+        self._size = None
+
+    def _ensure_buffers(self, vertex_bytes: int, index_bytes: int) -> None:
+        if self._vao is not None and vertex_bytes <= self._vbo.size and index_bytes <= self._ibo.size:
+            return
+        for obj in (self._vao, self._vbo, self._ibo):
+            if obj is not None:
+                obj.release()
+        grow = 1 << 16
+        vbo_size = max(vertex_bytes, grow, 2 * (self._vbo.size if self._vbo else 0))
+        ibo_size = max(index_bytes, grow, 2 * (self._ibo.size if self._ibo else 0))
+        self._vbo = self._ctx.buffer(reserve=vbo_size)
+        self._ibo = self._ctx.buffer(reserve=ibo_size)
+        self._vao = self._ctx.vertex_array(self._program, [(self._vbo, *_VERTEX_FORMAT)],
+                                           index_buffer=self._ibo, index_element_size=4)
+
+    def _ensure_framebuffer(self, width: int, height: int) -> None:
+        if self._size == (width, height):
+            return
+        for obj in [self._fbo, *self._fbo_parts]:
+            if obj is not None:
+                obj.release()
+        size = (width, height)
+        colors = [
+            self._ctx.renderbuffer(size, components=4, dtype="f4"),  # shaded colour
+            self._ctx.renderbuffer(size, components=4, dtype="f4"),  # NormalBAE colour
+            self._ctx.renderbuffer(size, components=1, dtype="f4"),  # camera z
+            self._ctx.renderbuffer(size, components=1, dtype="f1"),  # hand index + 1
+        ]
+        depth = self._ctx.depth_renderbuffer(size)
+        self._fbo = self._ctx.framebuffer(color_attachments=colors, depth_attachment=depth)
+        self._fbo_parts = [*colors, depth]
+        self._size = size
+
+    def rasterize(self, frames: list[FrameGeometry], width: int, height: int) -> GBuffer:
+        """Render every frame; see :class:`sesahand.render.scene.GBuffer` for the outputs."""
+        batch = len(frames)
+        out = GBuffer(
+            mesh=torch.empty(batch, height, width, 3),
+            normal=torch.empty(batch, height, width, 3),
+            depth=torch.empty(batch, height, width),
+            hand=torch.empty(batch, height, width, dtype=torch.uint8),
+        )
+        with self._lock, self._ctx:
+            self._ensure_framebuffer(width, height)
+            fbo = self._fbo
+            fbo.use()
+            self._ctx.enable_only(self._mgl.DEPTH_TEST)
+            for b, frame in enumerate(frames):
+                fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+                if frame.num_hands:
+                    vertices, indices = _interleave(frame)
+                    self._ensure_buffers(vertices.nbytes, indices.nbytes)
+                    self._vbo.write(vertices)
+                    self._ibo.write(indices)
+                    self._program["projection"].write(frame.projection.T.contiguous().numpy())
+                    self._vao.render(self._mgl.TRIANGLES, vertices=indices.size)
+                fbo.read_into(out.mesh[b].numpy(), attachment=0, components=3, dtype="f4")
+                fbo.read_into(out.normal[b].numpy(), attachment=1, components=3, dtype="f4")
+                fbo.read_into(out.depth[b].numpy(), attachment=2, components=1, dtype="f4")
+                fbo.read_into(out.hand[b].numpy(), attachment=3, components=1, dtype="f1")
+        return out
+
+    def close(self) -> None:
+        """Release every OpenGL object and the context (idempotent)."""
+        with self._lock:
+            if self._ctx is None:
+                return
+            with self._ctx:
+                for obj in [self._vao, self._vbo, self._ibo, self._fbo, *self._fbo_parts,
+                            self._program]:
+                    if obj is not None:
+                        obj.release()
+            self._ctx.release()
+            self._ctx = None
+            self._vao = self._vbo = self._ibo = self._fbo = self._program = None
+            self._fbo_parts = []
+            self._size = None
+
+
+def _interleave(frame: FrameGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 10) float32 vertex records and (3F,) int32 indices of all hands of a frame."""
+    records, indices, offset = [], [], 0
+    for i, (verts, normals, faces, color) in enumerate(zip(frame.vertices, frame.normals,
+                                                           frame.faces, frame.colors)):
+        n = verts.shape[0]
+        records.append(torch.cat([verts, normals, color.expand(n, 3),
+                                  torch.full((n, 1), float(i + 1))], dim=1))
+        indices.append((faces + offset).to(torch.int32).reshape(-1))
+        offset += n
+    return torch.cat(records).numpy(), torch.cat(indices).numpy()

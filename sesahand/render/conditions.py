@@ -1,0 +1,133 @@
+"""What the renderer returns: condition maps of a batch of frames, and per-hand labels."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass
+class HandLabels:
+    """Labels of one rendered hand.
+
+    Attributes:
+        side: ``"right"`` or ``"left"``.
+        model: hand model that made the mesh (``"anny"`` or ``"mano"``).
+        joints3d: (21, 3) float32, metres, camera frame (OpenCV), OpenPose/FreiHAND order.
+        joints2d: (21, 2) float32 pixels, pixel centres at +0.5 (``Camera.project``).
+        visible: (21,) bool; a joint is visible when it is in front of the camera, projects
+            inside the image, and the rendered depth at its pixel is not nearer than the joint
+            by more than its tolerance (see ``sesahand.render.renderer.joint_visibility``).
+        box: (4,) float32 ``x0, y0, x1, y1`` pixels of the hand's visible pixels, max
+            exclusive (a one-pixel hand at column 5, row 7 has box 5, 7, 6, 8); ``None`` when
+            the hand has no visible pixel.
+        notes: remarks carried over from the mesh, plus one if the hand is not visible.
+
+    All tensors are on the CPU.
+    """
+
+    side: str
+    model: str
+    joints3d: torch.Tensor
+    joints2d: torch.Tensor
+    visible: torch.Tensor
+    box: torch.Tensor | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict: lists of floats / bools, ``box`` None when absent."""
+        return {
+            "side": self.side,
+            "model": self.model,
+            "joints3d": self.joints3d.tolist(),
+            "joints2d": self.joints2d.tolist(),
+            "visible": self.visible.tolist(),
+            "box": None if self.box is None else self.box.tolist(),
+            "notes": list(self.notes),
+        }
+
+
+@dataclass
+class Conditions:
+    """Condition maps of B frames of equal size H x W (see ``sesahand.render.maps`` for the
+    colour conventions). Image tensors live on the backend's device (CPU for moderngl, the
+    CUDA device for nvdiffrast); labels are on the CPU.
+
+    Attributes:
+        mesh: (B, H, W, 3) float32 0..1, Lambert-shaded hands on black, colour by side.
+        depth: (B, H, W) float32 camera z in metres of the nearest hand surface, 0 where no
+            hand.
+        depth_image: (B, H, W) float32 0..1, HandRefiner-style depth: per hand, near = 1.0,
+            the hand's farthest visible pixel = 0.2, background 0.
+        normal: (B, H, W, 3) float32 0..1, NormalBAE colours ``(1 - n) / 2`` of the unit
+            camera-facing normal n (OpenCV frame); background 0 (black).
+        masks: per frame a (Nh, H, W) bool tensor, one mask of visible pixels per hand, in
+            input order (a hand hidden behind another loses those pixels).
+        mask: (B, H, W) float32 0/1, union of the hand masks.
+        pose: (B, H, W, 3) float32 0..1, OpenPose hand skeletons on black.
+        labels: per frame, one ``HandLabels`` per hand, in input order.
+    """
+
+    mesh: torch.Tensor
+    depth: torch.Tensor
+    depth_image: torch.Tensor
+    normal: torch.Tensor
+    masks: list[torch.Tensor]
+    mask: torch.Tensor
+    pose: torch.Tensor
+    labels: list[list[HandLabels]]
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
+
+
+def save_conditions(cond: Conditions, index: int, out_dir) -> dict[str, Path]:
+    """Write frame ``index`` of ``cond`` as 8-bit PNGs in ``out_dir`` (created if missing).
+
+    Files: ``mesh.png`` (RGB), ``depth.png`` (grey, the HandRefiner-style ``depth_image``,
+    near = bright), ``normal.png`` (RGB), ``pose.png`` (RGB), ``mask.png`` (grey, hands 255).
+    Every file is first written to a temporary file in ``out_dir`` and moved into place only
+    once all five are written, so an error leaves no partial or half-replaced set.
+
+    Returns:
+        ``{"mesh": path, "depth": path, "normal": path, "pose": path, "mask": path}``.
+
+    Raises:
+        IndexError: ``index`` is not a frame of ``cond``.
+    """
+    batch = cond.mesh.shape[0]
+    if not -batch <= index < batch:
+        raise IndexError(f"index: frame {index} does not exist; the conditions hold {batch} "
+                         f"frame(s), give 0..{batch - 1}")
+    images = {
+        "mesh": Image.fromarray(_to_uint8(cond.mesh[index]), "RGB"),
+        "depth": Image.fromarray(_to_uint8(cond.depth_image[index]), "L"),
+        "normal": Image.fromarray(_to_uint8(cond.normal[index]), "RGB"),
+        "pose": Image.fromarray(_to_uint8(cond.pose[index]), "RGB"),
+        "mask": Image.fromarray(_to_uint8(cond.mask[index]), "L"),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    temps: dict[str, str] = {}
+    try:
+        for name, image in images.items():
+            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".png.tmp")
+            temps[name] = tmp
+            with os.fdopen(fd, "wb") as fh:
+                image.save(fh, format="PNG")
+        paths = {}
+        for name, tmp in temps.items():
+            paths[name] = out / f"{name}.png"
+            os.replace(tmp, paths[name])
+        return paths
+    finally:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)

@@ -1,0 +1,49 @@
+"""OpenCV pinhole intrinsics to an OpenGL clip-space projection, shared by both backends."""
+
+from __future__ import annotations
+
+import torch
+
+from ..hands.types import Camera
+
+#: Near and far clipping planes in metres (camera z). Fixed rather than fitted to the scene so
+#: that every frame of a batch is rasterised with the same depth precision; hand geometry closer
+#: than 1 cm to the camera or farther than 100 m is clipped.
+NEAR_M = 0.01
+FAR_M = 100.0
+
+
+def gl_projection(camera: Camera, near: float = NEAR_M, far: float = FAR_M) -> torch.Tensor:
+    """The 4x4 matrix taking OpenCV camera-frame points to OpenGL clip space for ``camera``.
+
+    A point (x, y, z) in metres (camera frame: x right, y down, z forward) with pixel
+    coordinates (u, v) = project(K, point) lands at normalised device coordinates
+    ``x_ndc = 2 u / W - 1`` and ``y_ndc = 2 v / H - 1``, so with OpenGL's pixel centres at
+    ndc ``2 (i + 0.5) / W - 1`` the rasteriser samples OpenCV pixel i at u = i + 0.5, the
+    convention of :class:`Camera`. ``y_ndc`` grows downwards, so the rows a rasteriser stores
+    first (OpenGL ``glReadPixels`` and nvdiffrast both start at ndc y = -1) are the top image
+    rows: buffers need no vertical flip. The flip reverses triangle winding, which does not
+    matter because culling is off. Depth: z = near maps to ndc -1 and z = far to +1 (standard
+    OpenGL perspective depth); the skew ``K[0, 1]`` is honoured.
+
+    Args:
+        camera: intrinsics ``K`` (pixels) and image size.
+        near, far: clipping planes in metres, ``0 < near < far``.
+
+    Returns:
+        (4, 4) float32 CPU tensor ``P`` with ``clip = P @ [x, y, z, 1]``.
+    """
+    if not 0.0 < near < far:
+        raise ValueError(f"near/far: need 0 < near < far, got near={near}, far={far}")
+    K = camera.K.double()
+    w, h = float(camera.width), float(camera.height)
+    P = torch.zeros(4, 4, dtype=torch.float64)
+    P[0, 0] = 2.0 * K[0, 0] / w
+    P[0, 1] = 2.0 * K[0, 1] / w
+    P[0, 2] = 2.0 * K[0, 2] / w - 1.0
+    P[1, 1] = 2.0 * K[1, 1] / h
+    P[1, 2] = 2.0 * K[1, 2] / h - 1.0
+    P[2, 2] = (far + near) / (far - near)
+    P[2, 3] = -2.0 * far * near / (far - near)
+    P[3, 2] = 1.0
+    return P.float()

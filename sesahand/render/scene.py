@@ -1,0 +1,126 @@
+"""Backend-neutral inputs and outputs of rasterisation, and input checking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..hands.types import SIDES, Camera, HandMesh
+from .maps import HAND_COLORS, vertex_normals
+from .projection import gl_projection
+
+#: The hand index is stored in an 8-bit target (0 = background).
+MAX_HANDS_PER_FRAME = 255
+
+
+@dataclass
+class FrameGeometry:
+    """The hands of one frame, ready to rasterise (all tensors on the backend's device).
+
+    Attributes:
+        projection: (4, 4) float32 OpenCV-camera-to-clip matrix (``gl_projection``), CPU.
+        vertices: per hand (V, 3) float32 metres, camera frame.
+        normals: per hand (V, 3) float32 outward unit vertex normals.
+        faces: per hand (F, 3) int64.
+        colors: per hand (3,) float32 base colour (``HAND_COLORS`` of its side).
+    """
+
+    projection: torch.Tensor
+    vertices: list[torch.Tensor]
+    normals: list[torch.Tensor]
+    faces: list[torch.Tensor]
+    colors: list[torch.Tensor]
+
+    @property
+    def num_hands(self) -> int:
+        return len(self.vertices)
+
+
+@dataclass
+class GBuffer:
+    """What a backend returns for B frames of H x W pixels, on its device.
+
+    Attributes:
+        mesh: (B, H, W, 3) float32 shaded colour (``maps.shade``), 0 on background.
+        normal: (B, H, W, 3) float32 NormalBAE colour, 0 on background.
+        depth: (B, H, W) float32 camera z in metres of the nearest surface, 0 on background.
+        hand: (B, H, W) uint8, ``i + 1`` where hand ``i`` of the frame is nearest, else 0.
+    """
+
+    mesh: torch.Tensor
+    normal: torch.Tensor
+    depth: torch.Tensor
+    hand: torch.Tensor
+
+
+def check_frames(meshes, cameras) -> tuple[int, int]:
+    """Validate the renderer's inputs; return the common (width, height).
+
+    Raises:
+        ValueError: no frame, counts differ, a camera is not a ``Camera``, cameras differ in
+            size, a mesh is not a ``HandMesh`` or has malformed fields.
+    """
+    meshes, cameras = list(meshes), list(cameras)
+    if not cameras:
+        raise ValueError("cameras: no frame given; pass one Camera per frame")
+    if len(meshes) != len(cameras):
+        raise ValueError(f"meshes/cameras: {len(meshes)} mesh list(s) for {len(cameras)} "
+                         "camera(s); give one list of hands (possibly empty) per camera")
+    for b, cam in enumerate(cameras):
+        if not isinstance(cam, Camera):
+            raise ValueError(f"cameras[{b}]: expected a Camera, got {type(cam).__name__}")
+    width, height = cameras[0].width, cameras[0].height
+    for b, cam in enumerate(cameras):
+        if (cam.width, cam.height) != (width, height):
+            raise ValueError(f"cameras[{b}]: size {cam.width}x{cam.height} differs from "
+                             f"cameras[0] ({width}x{height}); a batch needs one image size, "
+                             "render different sizes in separate calls")
+    for b, hands in enumerate(meshes):
+        if isinstance(hands, HandMesh):
+            raise ValueError(f"meshes[{b}]: expected a list of HandMesh for the frame, got a "
+                             "single HandMesh; wrap it in a list")
+        hands = list(hands)
+        if len(hands) > MAX_HANDS_PER_FRAME:
+            raise ValueError(f"meshes[{b}]: {len(hands)} hands; at most "
+                             f"{MAX_HANDS_PER_FRAME} per frame")
+        for i, mesh in enumerate(hands):
+            _check_mesh(f"meshes[{b}][{i}]", mesh)
+    return width, height
+
+
+def _check_mesh(where: str, mesh) -> None:
+    if not isinstance(mesh, HandMesh):
+        raise ValueError(f"{where}: expected a HandMesh, got {type(mesh).__name__}")
+    if mesh.side not in SIDES:
+        raise ValueError(f"{where}.side: expected 'right' or 'left', got {mesh.side!r}")
+    for name, rows in (("vertices", None), ("joints", 21)):
+        t = getattr(mesh, name)
+        if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[1] != 3 \
+                or (rows is not None and t.shape[0] != rows) or t.shape[0] == 0:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            want = "(V, 3) with V > 0" if rows is None else f"({rows}, 3)"
+            raise ValueError(f"{where}.{name}: expected a tensor of shape {want}, got {shape}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{where}.{name}: holds NaN or infinite values")
+    faces = mesh.faces
+    if not isinstance(faces, torch.Tensor) or faces.ndim != 2 or faces.shape[1] != 3 \
+            or faces.dtype.is_floating_point or faces.dtype == torch.bool:
+        shape = tuple(faces.shape) if isinstance(faces, torch.Tensor) else type(faces).__name__
+        raise ValueError(f"{where}.faces: expected an integer tensor of shape (F, 3), got {shape}")
+    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= mesh.vertices.shape[0]):
+        raise ValueError(f"{where}.faces: indices must lie in 0..{mesh.vertices.shape[0] - 1}")
+
+
+def prepare_frame(hands, camera: Camera, device: torch.device) -> FrameGeometry:
+    """Move one frame's (checked) meshes to ``device`` with vertex normals and colours."""
+    geometry = FrameGeometry(projection=gl_projection(camera), vertices=[], normals=[],
+                             faces=[], colors=[])
+    for mesh in hands:
+        verts = mesh.vertices.detach().to(device=device, dtype=torch.float32)
+        faces = mesh.faces.detach().to(device=device, dtype=torch.int64)
+        geometry.vertices.append(verts)
+        geometry.faces.append(faces)
+        geometry.normals.append(vertex_normals(verts, faces))
+        geometry.colors.append(torch.tensor(HAND_COLORS[mesh.side], device=device))
+    return geometry
