@@ -6,10 +6,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..io import atomic_write_bytes
+from ..render.maps import HAND_COLORS
 from .types import HandMesh
-
-#: Vertex colours of exported hands (RGBA 0..255), matching the mesh condition's colours.
-EXPORT_COLORS = {"right": (230, 120, 90, 255), "left": (90, 140, 230, 255)}
 
 
 def export_glb(meshes: Sequence[HandMesh], path: str | Path) -> Path:
@@ -17,7 +15,8 @@ def export_glb(meshes: Sequence[HandMesh], path: str | Path) -> Path:
 
     Vertices are converted from the OpenCV camera frame (y down, z forward) to glTF's
     (y up, z towards the viewer) by negating y and z, so viewers show the hands upright as
-    in the image. One node per hand, named ``<side>_hand_<i>``.
+    in the image. One node per hand, named ``<side>_hand_<i>``, coloured like the mesh condition
+    (``sesahand.render.maps.HAND_COLORS``).
 
     Raises: ValueError when ``meshes`` is empty.
     """
@@ -31,6 +30,7 @@ def export_glb(meshes: Sequence[HandMesh], path: str | Path) -> Path:
     for i, mesh in enumerate(meshes):
         tm = trimesh.Trimesh(vertices=mesh.vertices.detach().cpu().numpy() * flip,
                              faces=mesh.faces.cpu().numpy(), process=False)
-        tm.visual.vertex_colors = np.tile(EXPORT_COLORS[mesh.side], (len(tm.vertices), 1))
+        rgba = [round(255 * c) for c in HAND_COLORS[mesh.side]] + [255]
+        tm.visual.vertex_colors = np.tile(rgba, (len(tm.vertices), 1))
         scene.add_geometry(tm, node_name=f"{mesh.side}_hand_{i}", geom_name=f"{mesh.side}_hand_{i}")
     return atomic_write_bytes(path, scene.export(file_type="glb"))
