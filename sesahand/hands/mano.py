@@ -12,10 +12,14 @@ does, giving camera-frame vertices in metres.
 
 Left hand: the official ``MANO_LEFT.pkl`` stores ``shapedirs[:, 0, :]`` (the x part of the
 shape blend shapes) equal to the right hand's instead of mirrored, so betas deform the left
-hand wrongly. When both files are loaded and those columns agree (sum of absolute
-differences < 1, the test used by HaMeR, ARCTIC and InterHand2.6M code), the left column is
-negated. With only a left file the check is impossible; its shapedirs are used as stored and
-a warning says to put ``MANO_RIGHT`` next to it.
+hand wrongly (smplx issue #48). When both files are loaded and those columns agree (sum of
+absolute differences < 1, the test used by HaMeR, ARCTIC and InterHand2.6M code), the left
+column is negated, making the left hand with given betas the mirror image of the right.
+With only a left file the check is impossible; its shapedirs are used as stored and a
+warning says to put ``MANO_RIGHT`` next to it.
+
+smplx prints "WARNING: You are using a MANO model, with only 10 shape coefficients." to
+stdout when a model is built; that is expected (MANO has 10) and harmless.
 """
 
 from __future__ import annotations
@@ -95,8 +99,9 @@ def _resolve_paths(paths) -> dict[str, Path]:
         raise ValueError("MANO paths: empty; give a folder or {'right': ..., 'left': ...}")
     for side, p in resolved.items():
         if not p.is_file():
-            raise FileNotFoundError(f"{p}: MANO {side}-hand file not found; download MANO "
-                                    f"from {MANO_DOWNLOAD} and put {MANO_FILE_STEMS[side]}.pkl there")
+            raise FileNotFoundError(
+                f"{p}: MANO {side}-hand file not found; download MANO from {MANO_DOWNLOAD} "
+                f"and put {MANO_FILE_STEMS[side]}.pkl there")
     return resolved
 
 
@@ -157,7 +162,8 @@ class ManoHandModel(HandModel):
 
     name = "mano"
 
-    def __init__(self, paths, device: str | torch.device = "cpu"):
+    def __init__(self, paths: str | Path | dict[str, str | Path],
+                 device: str | torch.device = "cpu"):
         self.paths = _resolve_paths(paths)
         self.device = torch.device(device)
         smplx = _import_smplx()
@@ -226,10 +232,10 @@ class ManoHandModel(HandModel):
         """Pose hands (any mix of sides); one :class:`HandMesh` per input, in order.
 
         Each side is posed in one smplx batch. Vertices (778, 3) and joints (21, 3) are
-        float32 on ``device``, camera frame, metres: ``v = R (v_rest - J0) + J0 + transl``
-        with ``R`` from ``global_orient`` and ``J0`` the shaped rest wrist joint. Joints are
-        MANO's 16 joints plus fingertip vertices :data:`MANO_FINGERTIP_VERTICES`, in OpenPose
-        order.
+        float32 on ``device`` (faces: :meth:`faces`, on the CPU), camera frame, metres:
+        ``v = R (v_rest - J0) + J0 + transl`` with ``R`` from ``global_orient`` and ``J0``
+        the shaped rest wrist joint. Joints are MANO's 16 joints plus the fingertip vertices
+        :data:`MANO_FINGERTIP_VERTICES`, in OpenPose order.
 
         Raises:
             TypeError: an item is not a HandParams. FileNotFoundError: a side whose MANO
@@ -261,6 +267,17 @@ class ManoHandModel(HandModel):
                                      params=params[i])
         return meshes
 
+    def hands_mean(self, side: str) -> torch.Tensor:
+        """MANO's mean hand pose (45,) float32 CPU, radians, relative to the flat hand.
+
+        Poses stored relative to the mean (smplx ``flat_hand_mean=False``, FreiHAND's fits)
+        become our flat-relative ``hand_pose`` by adding it.
+
+        Raises: ValueError (unknown side), FileNotFoundError (that side's file not loaded).
+        """
+        self._check_side(side)
+        return self._mean[side].clone()
+
     def pca_to_hand_pose(self, coeffs: torch.Tensor, side: str) -> torch.Tensor:
         """Our ``hand_pose`` (45,) float32 CPU, radians, for MANO PCA coefficients.
 
@@ -279,7 +296,8 @@ class ManoHandModel(HandModel):
         self._check_side(side)
         c = torch.as_tensor(coeffs, dtype=torch.float32).detach().cpu()
         if c.ndim != 1 or not 1 <= c.numel() <= NUM_HAND_POSE:
-            raise ValueError(f"coeffs: expected 1 to 45 PCA coefficients, got shape {tuple(c.shape)}")
+            raise ValueError("coeffs: expected 1 to 45 PCA coefficients, got shape "
+                             f"{tuple(c.shape)}")
         if not torch.isfinite(c).all():
             raise ValueError("coeffs: NaN or infinite values; give finite numbers")
         return c @ self._components[side][: c.numel()] + self._mean[side]

@@ -107,9 +107,28 @@ def _latin1_bytes(text, encoding="utf-8", errors="strict"):
     return text.encode("latin1")
 
 
+class _Function:
+    """An allowed Python function, callable but closed to pickle's BUILD opcode.
+
+    BUILD on a plain function would write into its ``__dict__``; here it raises instead.
+    (numpy's C functions and the allowed types have no writable ``__dict__``.)
+    """
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def __call__(self, *args):
+        return self._fn(*args)
+
+    def __setstate__(self, state):
+        raise UnsafePickleError(f"the pickle tries to set attributes of {self._fn.__name__}")
+
+
 def _allowed_globals() -> dict[tuple[str, str], object]:
     reconstruct = np.zeros(1).__reduce__()[0]
-    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
+    frombuffer = _Function(np.zeros(1).__reduce_ex__(5)[0])
     scalar = np.float64(0).__reduce__()[0]
     table: dict[tuple[str, str], object] = {
         ("numpy", "ndarray"): np.ndarray,
@@ -118,14 +137,14 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
         ("scipy.sparse._csc", "csc_matrix"): _SparseCsc,
         ("chumpy.ch", "Ch"): _ChumpyCh,
         ("chumpy.reordering", "Select"): _ChumpySelect,
-        ("_codecs", "encode"): _latin1_bytes,
+        ("_codecs", "encode"): _Function(_latin1_bytes),
     }
     for core in ("numpy.core", "numpy._core"):
         table[(f"{core}.multiarray", "_reconstruct")] = reconstruct
         table[(f"{core}.multiarray", "scalar")] = scalar
         table[(f"{core}.numeric", "_frombuffer")] = frombuffer
     for module in ("copy_reg", "copyreg"):
-        table[(module, "_reconstructor")] = _reconstructor
+        table[(module, "_reconstructor")] = _Function(_reconstructor)
     for module in ("__builtin__", "builtins"):
         table[(module, "object")] = object
         table[(module, "set")] = set
@@ -229,10 +248,10 @@ def load_mano_pickle(path) -> dict:
 
 def _load_npz(path: Path) -> dict:
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an .npz archive")
-        with archive:
+        with path.open("rb") as fh:  # our handle: np.load leaks its own on a bad zip
+            archive = np.load(fh, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an .npz archive")
             return {key: archive[key] for key in archive.files}
     except Exception as exc:  # zipfile, numpy and OS errors all mean an unusable file
         raise ValueError(f"{path}: unreadable MANO .npz (needs plain numeric arrays, no pickled "
@@ -242,7 +261,7 @@ def _load_npz(path: Path) -> dict:
 
 def _check_shape(key: str, value, expected: tuple, path: Path) -> None:
     shape = tuple(value.shape)
-    if len(shape) != len(expected) or any(e is not None and s != e for s, e in zip(shape, expected)):
+    if len(shape) != len(expected) or any(e not in (None, s) for s, e in zip(shape, expected)):
         want = "(" + ", ".join("N" if e is None else str(e) for e in expected) + ")"
         raise ValueError(f"{path}: '{key}' has shape {shape}, a MANO hand model has {want}; {_FIX}")
 

@@ -164,12 +164,14 @@ class _Py2StylePickler(pickle.Pickler):
     def reducer_override(self, obj):
         if type(obj) is np.ndarray:
             reconstruct = np.zeros(1).__reduce__()[0]
-            state = (1, obj.shape, obj.dtype, False, np.ascontiguousarray(obj).tobytes().decode("latin1"))
+            raw = np.ascontiguousarray(obj).tobytes().decode("latin1")
+            state = (1, obj.shape, obj.dtype, False, raw)
             return reconstruct, (np.ndarray, (0,), "b"), state
         return NotImplemented
 
 
-def write_plain_pickle(path: Path, data: dict, protocol: int = 2, legacy_names: bool = False) -> Path:
+def write_plain_pickle(path: Path, data: dict, protocol: int = 2,
+                       legacy_names: bool = False) -> Path:
     blob = pickle.dumps(data, protocol=protocol)
     if legacy_names:
         assert protocol <= 2, "module renaming needs text GLOBAL opcodes (protocol <= 2)"
@@ -182,7 +184,8 @@ def to_chumpy_style(data: dict) -> dict:
     """The official layout: chumpy objects for some arrays, shapedirs as a Select over 20."""
     out = dict(data)
     rng = np.random.default_rng(1)
-    full = np.concatenate([data["shapedirs"], rng.normal(0.0, 2e-3, size=data["shapedirs"].shape)], axis=2)
+    extra = rng.normal(0.0, 2e-3, size=data["shapedirs"].shape)
+    full = np.concatenate([data["shapedirs"], extra], axis=2)
     idxs = np.arange(full.size).reshape(full.shape)[:, :, :10].ravel()
     out["shapedirs"] = Select(Ch(full), idxs, data["shapedirs"].shape)
     out["v_template"] = Ch(data["v_template"])

@@ -111,6 +111,8 @@ def test_other_globals_refused(tmp_path, module, name):
 @pytest.mark.parametrize("blob", [
     b"ccopy_reg\n_reconstructor\n(c__builtin__\nset\nc__builtin__\nobject\nNtR.",
     b"c_codecs\nencode\n(Vabc\nVrot13\ntR.",
+    b"c_codecs\nencode\n}(Vx\nI1\nub.",  # BUILD: set attributes on an allowed function
+    b"cnumpy._core.numeric\n_frombuffer\n}(Vx\nI1\nub.",
 ])
 def test_allowed_helpers_reject_other_uses(tmp_path, blob):
     path = tmp_path / "MANO_RIGHT.pkl"
@@ -234,8 +236,8 @@ def test_global_orient_rotates_about_wrist_then_transl(model, right_data):
 
 def test_joints_are_mano_joints_and_tip_vertices_in_openpose_order(model, right_data):
     transl = np.array([0.1, 0.2, 0.3])
-    p = HandParams.create("right", hand_pose=torch.randn(45, generator=torch.Generator().manual_seed(0)) * 0.4,
-                          transl=transl)
+    pose = torch.randn(45, generator=torch.Generator().manual_seed(0)) * 0.4
+    p = HandParams.create("right", hand_pose=pose, transl=transl)
     mesh = model.forward([p])[0]
     tips = mesh.vertices[list(MANO_FINGERTIP_VERTICES)]
     torch.testing.assert_close(mesh.joints[[4, 8, 12, 16, 20]], tips)
@@ -302,8 +304,8 @@ def test_pca_pose_matches_smplx_pca_mode(smplx, model, right_data):
 
     coeffs = torch.randn(12, generator=torch.Generator().manual_seed(4))
     orient = torch.tensor([0.2, 0.4, -0.3])
-    ref = smplx.MANO("unused", data_struct=smplx.utils.Struct(**right_data), use_pca=True, num_pca_comps=12,
-                     flat_hand_mean=False)
+    ref = smplx.MANO("unused", data_struct=smplx.utils.Struct(**right_data), use_pca=True,
+                     num_pca_comps=12, flat_hand_mean=False)
     with torch.no_grad():
         expected = ref(hand_pose=coeffs[None], global_orient=orient[None],
                        betas=torch.zeros(1, 10)).vertices[0]
@@ -318,13 +320,24 @@ def test_sample_hand_pose_prior(model, right_data):
     again = model.sample_hand_pose(torch.Generator().manual_seed(0), "right", n_components=8)
     torch.testing.assert_close(again, poses[0])
     assert not torch.equal(poses[0], poses[1])
-    c = right_data["hands_coeffs"]
+    low, high = right_data["hands_coeffs"].min(0)[:8], right_data["hands_coeffs"].max(0)[:8]
     for pose in poses:
-        coeffs = (pose.double().numpy() - right_data["hands_mean"]) @ right_data["hands_components"].T
-        assert np.all(coeffs[:8] >= c.min(0)[:8] - 1e-5) and np.all(coeffs[:8] <= c.max(0)[:8] + 1e-5)
+        coeffs = ((pose.double().numpy() - right_data["hands_mean"])
+                  @ right_data["hands_components"].T)
+        assert np.all(coeffs[:8] >= low - 1e-5) and np.all(coeffs[:8] <= high + 1e-5)
         np.testing.assert_allclose(coeffs[8:], 0.0, atol=1e-5)
     zero = model.sample_hand_pose(torch.Generator().manual_seed(0), "left", scale=0.0)
     np.testing.assert_allclose(zero.numpy(), right_data["hands_mean"], atol=1e-6)
+
+
+def test_sample_hand_pose_without_training_coeffs(smplx, tmp_path, right_data, caplog):
+    data = {k: v for k, v in right_data.items() if k != "hands_coeffs"}
+    with caplog.at_level(logging.WARNING, logger="sesahand.hands.mano"):
+        m = ManoHandModel(write_npz(tmp_path / "MANO_RIGHT.npz", data))
+    assert "hands_coeffs" in caplog.text
+    pose = m.sample_hand_pose(torch.Generator().manual_seed(0), "right", n_components=45)
+    coeffs = (pose.double().numpy() - data["hands_mean"]) @ data["hands_components"].T
+    assert np.all(np.abs(coeffs) <= 3.0 + 1e-5) and np.abs(coeffs).max() > 0.5
 
 
 @pytest.mark.parametrize("kwargs", [{"n_components": 0}, {"n_components": 46},
@@ -345,3 +358,33 @@ def test_sesahand_import_does_not_import_smplx():
     code = ("import sys, sesahand.hands.mano, sesahand.hands.safe_pickle; "
             "assert 'smplx' not in sys.modules, 'smplx imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_freihand_vectors_are_relative_to_the_mean_pose(model):
+    from sesahand.hands import PoseSpec
+    from sesahand.hands.types import Camera
+
+    v = torch.linspace(-0.3, 0.3, 61)
+    K = [[400.0, 0.0, 112.0], [0.0, 400.0, 112.0], [0.0, 0.0, 1.0]]
+    scene, = PoseSpec.from_freihand([[v.tolist()]], [K]).resolve(model, Camera.default(224, 224))
+    hand = scene.hands[0]
+    assert torch.allclose(hand.hand_pose, v[3:48] + model.hands_mean("right"))
+    assert torch.equal(hand.global_orient, v[:3]) and torch.equal(hand.betas, v[48:58])
+    assert torch.equal(hand.transl, v[58:61]) and scene.camera.width == 224
+
+
+def test_random_poses_use_the_mano_prior(model, monkeypatch):
+    from sesahand.hands import PoseSpec
+    from sesahand.hands.types import Camera
+
+    marker = torch.full((45,), 0.05)
+    calls = []
+
+    def prior(generator, side):
+        calls.append(side)
+        return marker
+
+    monkeypatch.setattr(model, "sample_hand_pose", prior)
+    scene = PoseSpec.random(11, num_hands=2).resolve(model, Camera.default(256, 256), 1)[0]
+    assert calls == ["right", "left"]
+    assert all(torch.equal(h.hand_pose, marker) for h in scene.hands)
