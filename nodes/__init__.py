@@ -3,7 +3,8 @@
 Model folders (registered the IPAdapter way: paths the user gave in ``extra_model_paths.yaml``
 are kept and come first, ``ComfyUI/models/<name>`` is added after them):
 
-* ``mano``: the user's MANO files (``MANO_RIGHT.pkl``, ``MANO_LEFT.pkl``); never shipped.
+* ``mano``: the user's MANO files (``MANO_RIGHT`` / ``MANO_LEFT``, ``.pkl`` or ``.npz``);
+  never shipped.
 * ``sesahand``: SesaHand's caches (the open hand's compact model data) and adapter weights.
 * ``LLM``: local language / vision-language model folders (every file is listed).
 """
@@ -19,7 +20,7 @@ from .render import SesaHandExportMesh, SesaHandRenderConditions
 
 #: Model folder name -> file extensions listed in node combos (empty: every file).
 MODEL_FOLDERS = {
-    "mano": {".pkl"},
+    "mano": {".pkl", ".npz"},
     "sesahand": set(folder_paths.supported_pt_extensions),
     "LLM": set(),
 }

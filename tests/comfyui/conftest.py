@@ -43,9 +43,10 @@ def link_pack(folder: Path) -> Path:
 def comfyui(tmp_path_factory):
     """ComfyUI imported in-process (CPU) with this pack loaded.
 
-    Yields a namespace: ``node(node_id)`` gives a loaded node class, ``output_dir`` is the
-    temporary output folder, ``folder_paths`` and ``nodes`` are ComfyUI's modules, ``path``
-    ComfyUI's folder, ``cache_dir`` the shared SesaHand cache, ``link_pack`` the helper above.
+    Returns a namespace: ``node(node_id)`` gives a loaded node class, ``pack_module`` is the
+    pack as ComfyUI imported it, ``folder_paths`` is ComfyUI's module, ``output_dir`` and
+    ``mano_dir`` are temporary folders, ``path`` is ComfyUI's folder, ``cache_dir`` the shared
+    SesaHand cache, ``link_pack`` the helper above.
     """
     if not (COMFYUI_PATH / "main.py").is_file():
         pytest.skip(f"no ComfyUI at {COMFYUI_PATH}: export ComfyUI 0.3.64 there or set COMFYUI_PATH")
@@ -77,12 +78,11 @@ def comfyui(tmp_path_factory):
     assert asyncio.run(nodes.load_custom_node(str(link), module_parent="custom_nodes")), \
         "ComfyUI failed to load the pack (see the log above)"
 
-    yield SimpleNamespace(
+    return SimpleNamespace(
         path=COMFYUI_PATH,
         link_pack=link_pack,
         cache_dir=shared_cache_dir(),
         node=nodes.NODE_CLASS_MAPPINGS.__getitem__,
-        nodes=nodes,
         folder_paths=folder_paths,
         output_dir=root / "output",
         mano_dir=root / "mano",

@@ -40,7 +40,8 @@ def test_quick_test_for_ci_loads_the_pack(comfyui, tmp_path):
                          capture_output=True, text=True, timeout=300)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
-    pack_lines = [line for line in log.splitlines() if line.rstrip().endswith("custom_nodes/comfyui-sesahand")]
+    pack_lines = [line for line in log.splitlines()
+                  if line.rstrip().endswith("custom_nodes/comfyui-sesahand")]
     assert pack_lines, "the pack is missing from ComfyUI's import times:\n" + log[-4000:]
     assert not any("IMPORT FAILED" in line for line in pack_lines), log[-4000:]
 
@@ -67,14 +68,15 @@ def server(comfyui, tmp_path):
     """A headless ComfyUI on a free loopback port; yields (base URL, output folder)."""
     port = free_port()
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(comfy_args(comfyui, tmp_path) + ["--listen", "127.0.0.1", "--port", str(port)],
-                            cwd=comfyui.path, stdout=log, stderr=subprocess.STDOUT)
+    command = comfy_args(comfyui, tmp_path) + ["--listen", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(command, cwd=comfyui.path, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while True:
             if proc.poll() is not None:
-                pytest.fail("ComfyUI exited during startup:\n" + (tmp_path / "server.log").read_text()[-4000:])
+                log_text = (tmp_path / "server.log").read_text()
+                pytest.fail("ComfyUI exited during startup:\n" + log_text[-4000:])
             try:
                 request(base + "/system_stats")
                 break
