@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .maps import AMBIENT
+from .projection import NEAR_M
 from .scene import FrameGeometry, GBuffer
 
 _VERTEX_SHADER = """
@@ -70,8 +71,10 @@ class GLBackend:
     grow when a frame needs more room and the framebuffer is rebuilt only when the image size
     changes. Each frame is one draw call that writes shaded colour, NormalBAE colour, camera
     z and hand index into four targets (no multisampling), read back straight into the output
-    tensors. Calls are serialised with a lock and make the context current for their
-    duration, so other OpenGL users in the process (and other threads) are not disturbed.
+    tensors. Only the rectangle the previous frame drew into is cleared (clearing float
+    targets is a large share of a frame's cost on llvmpipe). Calls are serialised with a lock
+    and make the context current for their duration, so other OpenGL users in the process
+    (and other threads) are not disturbed.
 
     Raises:
         RuntimeError: moderngl is missing or no EGL OpenGL 3.3 context can be created.
@@ -99,16 +102,19 @@ class GLBackend:
         self._vbo = self._ibo = self._vao = self._fbo = None
         self._fbo_parts: list = []
         self._size = None
+        self._dirty: tuple[int, int, int, int] | None = None  # x, y, w, h; None = everything
 
     def _ensure_buffers(self, vertex_bytes: int, index_bytes: int) -> None:
-        if self._vao is not None and vertex_bytes <= self._vbo.size and index_bytes <= self._ibo.size:
+        if (self._vao is not None and vertex_bytes <= self._vbo.size
+                and index_bytes <= self._ibo.size):
             return
+        old_vbo = self._vbo.size if self._vbo is not None else 0
+        old_ibo = self._ibo.size if self._ibo is not None else 0
         for obj in (self._vao, self._vbo, self._ibo):
             if obj is not None:
                 obj.release()
-        grow = 1 << 16
-        vbo_size = max(vertex_bytes, grow, 2 * (self._vbo.size if self._vbo else 0))
-        ibo_size = max(index_bytes, grow, 2 * (self._ibo.size if self._ibo else 0))
+        vbo_size = max(vertex_bytes, 2 * old_vbo, 1 << 16)
+        ibo_size = max(index_bytes, 2 * old_ibo, 1 << 16)
         self._vbo = self._ctx.buffer(reserve=vbo_size)
         self._ibo = self._ctx.buffer(reserve=ibo_size)
         self._vao = self._ctx.vertex_array(self._program, [(self._vbo, *_VERTEX_FORMAT)],
@@ -121,16 +127,29 @@ class GLBackend:
             if obj is not None:
                 obj.release()
         size = (width, height)
-        colors = [
-            self._ctx.renderbuffer(size, components=4, dtype="f4"),  # shaded colour
-            self._ctx.renderbuffer(size, components=4, dtype="f4"),  # NormalBAE colour
+        depth = self._ctx.depth_renderbuffer(size)
+        # RGB float targets read back about 4x faster than RGBA ones on llvmpipe, but the GL
+        # spec does not oblige drivers to render into them: use RGBA where RGB is refused.
+        colors = []
+        try:
+            colors = self._color_targets(size, 3)
+            self._fbo = self._ctx.framebuffer(color_attachments=colors, depth_attachment=depth)
+        except self._mgl.Error:
+            for rb in colors:
+                rb.release()
+            colors = self._color_targets(size, 4)
+            self._fbo = self._ctx.framebuffer(color_attachments=colors, depth_attachment=depth)
+        self._fbo_parts = [*colors, depth]
+        self._size = size
+        self._dirty = None
+
+    def _color_targets(self, size: tuple[int, int], rgb_components: int) -> list:
+        return [
+            self._ctx.renderbuffer(size, components=rgb_components, dtype="f4"),  # shaded colour
+            self._ctx.renderbuffer(size, components=rgb_components, dtype="f4"),  # NormalBAE
             self._ctx.renderbuffer(size, components=1, dtype="f4"),  # camera z
             self._ctx.renderbuffer(size, components=1, dtype="f1"),  # hand index + 1
         ]
-        depth = self._ctx.depth_renderbuffer(size)
-        self._fbo = self._ctx.framebuffer(color_attachments=colors, depth_attachment=depth)
-        self._fbo_parts = [*colors, depth]
-        self._size = size
 
     def rasterize(self, frames: list[FrameGeometry], width: int, height: int) -> GBuffer:
         """Render every frame; see :class:`sesahand.render.scene.GBuffer` for the outputs."""
@@ -147,14 +166,19 @@ class GLBackend:
             fbo.use()
             self._ctx.enable_only(self._mgl.DEPTH_TEST)
             for b, frame in enumerate(frames):
-                fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+                if self._dirty is None or self._dirty[2] * self._dirty[3] > 0:
+                    fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0, viewport=self._dirty)
+                self._dirty = (0, 0, 0, 0)
                 if frame.num_hands:
+                    self._dirty = None  # until the drawn rectangle is known
                     vertices, indices = _interleave(frame)
                     self._ensure_buffers(vertices.nbytes, indices.nbytes)
                     self._vbo.write(vertices)
                     self._ibo.write(indices)
-                    self._program["projection"].write(frame.projection.T.contiguous().numpy())
+                    projection = frame.projection.numpy()
+                    self._program["projection"].write(np.ascontiguousarray(projection.T))
                     self._vao.render(self._mgl.TRIANGLES, vertices=indices.size)
+                    self._dirty = _covered_rect(vertices[:, :3], projection, width, height)
                 fbo.read_into(out.mesh[b].numpy(), attachment=0, components=3, dtype="f4")
                 fbo.read_into(out.normal[b].numpy(), attachment=1, components=3, dtype="f4")
                 fbo.read_into(out.depth[b].numpy(), attachment=2, components=1, dtype="f4")
@@ -179,13 +203,33 @@ class GLBackend:
 
 
 def _interleave(frame: FrameGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 10) float32 vertex records and (3F,) int32 indices of all hands of a frame."""
-    records, indices, offset = [], [], 0
+    """(N, 10) float32 vertex records (position, normal, colour, hand index + 1) and (3F,)
+    int32 indices of all hands of a frame."""
+    count = sum(v.shape[0] for v in frame.vertices)
+    records = np.empty((count, 10), dtype=np.float32)
+    indices, offset = [], 0
     for i, (verts, normals, faces, color) in enumerate(zip(frame.vertices, frame.normals,
                                                            frame.faces, frame.colors)):
-        n = verts.shape[0]
-        records.append(torch.cat([verts, normals, color.expand(n, 3),
-                                  torch.full((n, 1), float(i + 1))], dim=1))
-        indices.append((faces + offset).to(torch.int32).reshape(-1))
-        offset += n
-    return torch.cat(records).numpy(), torch.cat(indices).numpy()
+        rows = records[offset:offset + verts.shape[0]]
+        rows[:, 0:3] = verts.numpy()
+        rows[:, 3:6] = normals.numpy()
+        rows[:, 6:9] = color.numpy()
+        rows[:, 9] = i + 1
+        indices.append(faces.numpy().astype(np.int32).reshape(-1) + offset)
+        offset += verts.shape[0]
+    return records, np.concatenate(indices)
+
+
+def _covered_rect(positions: np.ndarray, projection: np.ndarray, width: int, height: int):
+    """Pixel rectangle (x, y, w, h) that contains every fragment drawn from the (N, 3)
+    camera-frame ``positions``, or None for the whole image when a vertex is not in front of
+    the near plane (clipping can then put fragments anywhere). Rows count from the top, as
+    the framebuffer's do."""
+    z = positions[:, 2:]
+    if not (z > NEAR_M).all():
+        return None
+    ndc = (positions @ projection[:2, :3].T) / z  # the w of clip space is z
+    size = np.array([width, height], dtype=np.float64)
+    x0, y0 = np.maximum(np.floor((ndc.min(axis=0) + 1.0) * 0.5 * size) - 1, 0).astype(int)
+    x1, y1 = np.minimum(np.ceil((ndc.max(axis=0) + 1.0) * 0.5 * size) + 1, size).astype(int)
+    return (int(x0), int(y0), max(int(x1 - x0), 0), max(int(y1 - y0), 0))

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..io import atomic_path
 
 
 @dataclass
@@ -22,8 +23,9 @@ class HandLabels:
         joints3d: (21, 3) float32, metres, camera frame (OpenCV), OpenPose/FreiHAND order.
         joints2d: (21, 2) float32 pixels, pixel centres at +0.5 (``Camera.project``).
         visible: (21,) bool; a joint is visible when it is in front of the camera, projects
-            inside the image, and the rendered depth at its pixel is not nearer than the joint
-            by more than its tolerance (see ``sesahand.render.renderer.joint_visibility``).
+            inside the image, no other hand covers it there, and its own hand's surface at its
+            pixel is not nearer than the joint by more than the joint's tolerance (joints lie
+            inside the mesh; see ``sesahand.render.renderer.joint_visibility``).
         box: (4,) float32 ``x0, y0, x1, y1`` pixels of the hand's visible pixels, max
             exclusive (a one-pixel hand at column 5, row 7 has box 5, 7, 6, 8); ``None`` when
             the hand has no visible pixel.
@@ -94,7 +96,8 @@ def save_conditions(cond: Conditions, index: int, out_dir) -> dict[str, Path]:
     Files: ``mesh.png`` (RGB), ``depth.png`` (grey, the HandRefiner-style ``depth_image``,
     near = bright), ``normal.png`` (RGB), ``pose.png`` (RGB), ``mask.png`` (grey, hands 255).
     Every file is first written to a temporary file in ``out_dir`` and moved into place only
-    once all five are written, so an error leaves no partial or half-replaced set.
+    once all five are written, so an error leaves no partial file and no half-replaced set;
+    files get the usual permissions (0666 minus the umask).
 
     Returns:
         ``{"mesh": path, "depth": path, "normal": path, "pose": path, "mask": path}``.
@@ -114,20 +117,8 @@ def save_conditions(cond: Conditions, index: int, out_dir) -> dict[str, Path]:
         "mask": Image.fromarray(_to_uint8(cond.mask[index]), "L"),
     }
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    temps: dict[str, str] = {}
-    try:
+    paths = {name: out / f"{name}.png" for name in images}
+    with ExitStack() as stack:  # renames happen on leaving, once every file is written
         for name, image in images.items():
-            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".png.tmp")
-            temps[name] = tmp
-            with os.fdopen(fd, "wb") as fh:
-                image.save(fh, format="PNG")
-        paths = {}
-        for name, tmp in temps.items():
-            paths[name] = out / f"{name}.png"
-            os.replace(tmp, paths[name])
-        return paths
-    finally:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            image.save(stack.enter_context(atomic_path(paths[name])), format="PNG")
+    return paths

@@ -11,9 +11,9 @@ direction from the surface point ``p`` back to the camera.
 Normal image: the colour convention of the SD1.5 NormalBAE ControlNet
 (``control_v11p_sd15_normalbae``), whose training maps come from Bae et al.'s ScanNet
 estimator as drawn by the ControlNet annotator / controlnet_aux (``rgb = (normal + 1) / 2``
-of the estimator's output). That estimator works in camera axes (x right, y down, z forward,
-the same as OpenCV) and outputs the normal pointing *away* from the camera, i.e. minus the
-visible surface's normal, so here::
+of the estimator's output). Bae's estimators work in camera axes x right, y down, z forward
+(OpenCV's) and give the normal pointing *away* from the camera, minus the visible surface's
+normal (stated in Bae's DSINE repository: a wall facing the camera is (0, 0, 1)), so here::
 
     rgb = (1 - n) / 2        n: unit, camera-facing normal, OpenCV camera frame
 
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-#: Base colours (linear RGB in 0..1) of the shaded mesh image, per hand side.
+#: Base colours (RGB in 0..1) of the shaded mesh image, per hand side.
 HAND_COLORS = {
     "right": (0.40, 0.60, 1.00),  # light blue
     "left": (1.00, 0.55, 0.35),  # orange
@@ -87,11 +87,11 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         or whose faces cancel, gets a zero vector, which the shading replaces with the
         direction to the camera.
     """
-    v0, v1, v2 = (vertices[faces[:, k]] for k in range(3))
-    face_n = torch.linalg.cross(v1 - v0, v2 - v0, dim=1)
-    acc = torch.zeros_like(vertices)
-    for k in range(3):
-        acc.index_add_(0, faces[:, k], face_n)
+    corners = vertices[faces]  # (F, 3, 3)
+    face_n = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0],
+                                dim=1)
+    acc = torch.zeros_like(vertices).index_add_(0, faces.reshape(-1),
+                                                face_n.repeat_interleave(3, dim=0))
     return torch.nn.functional.normalize(acc, dim=1, eps=1e-20)
 
 
@@ -115,48 +115,78 @@ def shade(position: torch.Tensor, normal: torch.Tensor, color: torch.Tensor):
     return color * (AMBIENT + (1.0 - AMBIENT) * lambert), 0.5 - 0.5 * n
 
 
-def hand_depth_image(depth: torch.Tensor, hand: torch.Tensor, num_hands: int) -> torch.Tensor:
-    """HandRefiner-style depth image of one frame.
+def hand_depth_image(depth: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
+    """HandRefiner-style depth images.
 
     Args:
-        depth: (H, W) float32 camera z in metres, 0 where no hand.
-        hand: (H, W) uint8, 0 for background, ``i + 1`` where hand ``i`` is visible.
-        num_hands: number of hands drawn in the frame.
+        depth: (..., H, W) float32 camera z in metres, 0 where no hand.
+        hand: (..., H, W) uint8, 0 for background, ``i + 1`` where hand ``i`` of the frame is
+            visible.
 
     Returns:
-        (H, W) float32 in 0..1: per hand, ``1 - 0.8 (z - z_min) / (z_max - z_min)`` over its
-        visible pixels (1.0 for every pixel of a hand seen at a single depth), 0 elsewhere.
+        (..., H, W) float32 in 0..1: per frame and hand, ``1 - 0.8 (z - z_min) /
+        (z_max - z_min)`` over that hand's visible pixels (1.0 for every pixel of a hand seen
+        at a single depth), 0 elsewhere.
     """
     out = torch.zeros_like(depth)
-    for i in range(num_hands):
-        sel = hand == i + 1
-        z = depth[sel]
-        if z.numel() == 0:
-            continue
-        z_min, z_max = z.min(), z.max()
-        span = (z_max - z_min).clamp_min(1e-12)
-        out[sel] = torch.where(z_max > z_min, 1.0 - HANDREFINER_DEPTH_SPAN * (z - z_min) / span, 1.0)
+    flat = hand.reshape(-1)
+    idx = torch.nonzero(flat).flatten()
+    if idx.numel() == 0:
+        return out
+    frame_size = hand.shape[-1] * hand.shape[-2]
+    key = (idx // frame_size) * 256 + flat[idx].long()
+    z = depth.reshape(-1)[idx]
+    slots = (hand.numel() // frame_size) * 256
+    z_min = torch.full((slots,), float("inf"), device=depth.device)
+    z_max = torch.full((slots,), float("-inf"), device=depth.device)
+    z_min = z_min.scatter_reduce(0, key, z, "amin")[key]
+    span = z_max.scatter_reduce(0, key, z, "amax")[key] - z_min
+    scaled = (z - z_min) / span.clamp_min(1e-12)
+    value = torch.where(span > 0, 1.0 - HANDREFINER_DEPTH_SPAN * scaled, 1.0)
+    out.view(-1)[idx] = value
     return out
 
 
-def draw_hand_pose(canvas: Image.Image, joints2d: np.ndarray, drawable: np.ndarray) -> None:
-    """Draw one OpenPose hand skeleton onto ``canvas`` in place.
+def draw_hand_poses(joints2d: list[np.ndarray], drawable: list[np.ndarray], width: int,
+                    height: int) -> tuple[np.ndarray, int, int] | None:
+    """Draw the OpenPose hand skeletons of one frame, in list order.
 
     Args:
-        canvas: RGB PIL image, the full frame.
-        joints2d: (21, 2) float pixel coordinates (pixel centres at +0.5), OpenPose order.
-            A joint is drawn at pixel ``floor(u), floor(v)``, which is where
-            controlnet_aux's ``int(x)`` puts a keypoint given in pixel indices.
-        drawable: (21,) bool; edges with an undrawable end and undrawable joints are skipped
-            (the renderer passes "in front of the camera"; occluded joints are drawn, as an
-            OpenPose hand detector also reports them).
+        joints2d: per hand, (21, 2) float pixel coordinates (pixel centres at +0.5), OpenPose
+            order. A joint is drawn at pixel ``floor(u), floor(v)``, where controlnet_aux's
+            ``int(x)`` puts a keypoint given in pixel indices.
+        drawable: per hand, (21,) bool; edges with an undrawable end and undrawable joints
+            are skipped (the renderer passes "in front of the camera"; occluded joints are
+            drawn, as an OpenPose hand detector also reports them).
+        width, height: image size in pixels.
+
+    Returns:
+        ``(crop, x0, y0)``: an (h, w, 3) uint8 RGB crop of the black frame holding every drawn
+        pixel, whose top-left pixel is image pixel (x0, y0); None when nothing is drawable.
+        Only the region around the hands is drawn and converted, which keeps this cheap for
+        large frames.
     """
+    pts = [np.clip(np.floor(j), -(2**30), 2**30).astype(np.int64) for j in joints2d]
+    shown = [p[d] for p, d in zip(pts, drawable)]
+    if not any(len(p) for p in shown):
+        return None
+    allpts = np.concatenate(shown)
+    pad = OPENPOSE_KEYPOINT_RADIUS + OPENPOSE_LINE_WIDTH
+    x0, y0 = (int(v) for v in np.maximum(allpts.min(axis=0) - pad, 0))
+    x1 = int(min(allpts[:, 0].max() + pad + 1, width))
+    y1 = int(min(allpts[:, 1].max() + pad + 1, height))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    canvas = Image.new("RGB", (x1 - x0, y1 - y0))
     draw = ImageDraw.Draw(canvas)
-    pts = np.floor(joints2d).astype(np.int64)
-    for (a, b), color in zip(OPENPOSE_HAND_EDGES, OPENPOSE_EDGE_COLORS):
-        if drawable[a] and drawable[b]:
-            draw.line([tuple(pts[a]), tuple(pts[b])], fill=color, width=OPENPOSE_LINE_WIDTH)
     r = OPENPOSE_KEYPOINT_RADIUS
-    for (x, y), ok in zip(pts.tolist(), drawable.tolist()):
-        if ok:
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=OPENPOSE_KEYPOINT_COLOR)
+    for p, ok in zip(pts, drawable):
+        p = p - np.array([x0, y0])
+        for (a, b), color in zip(OPENPOSE_HAND_EDGES, OPENPOSE_EDGE_COLORS):
+            if ok[a] and ok[b]:
+                draw.line([tuple(p[a].tolist()), tuple(p[b].tolist())], fill=color,
+                          width=OPENPOSE_LINE_WIDTH)
+        for (x, y), good in zip(p.tolist(), ok.tolist()):
+            if good:
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=OPENPOSE_KEYPOINT_COLOR)
+    return np.array(canvas), x0, y0

@@ -35,15 +35,11 @@ def gl_projection(camera: Camera, near: float = NEAR_M, far: float = FAR_M) -> t
     """
     if not 0.0 < near < far:
         raise ValueError(f"near/far: need 0 < near < far, got near={near}, far={far}")
-    K = camera.K.double()
+    (fx, s, cx), (_, fy, cy) = camera.K[:2].double().tolist()
     w, h = float(camera.width), float(camera.height)
-    P = torch.zeros(4, 4, dtype=torch.float64)
-    P[0, 0] = 2.0 * K[0, 0] / w
-    P[0, 1] = 2.0 * K[0, 1] / w
-    P[0, 2] = 2.0 * K[0, 2] / w - 1.0
-    P[1, 1] = 2.0 * K[1, 1] / h
-    P[1, 2] = 2.0 * K[1, 2] / h - 1.0
-    P[2, 2] = (far + near) / (far - near)
-    P[2, 3] = -2.0 * far * near / (far - near)
-    P[3, 2] = 1.0
-    return P.float()
+    return torch.tensor([
+        [2.0 * fx / w, 2.0 * s / w, 2.0 * cx / w - 1.0, 0.0],
+        [0.0, 2.0 * fy / h, 2.0 * cy / h - 1.0, 0.0],
+        [0.0, 0.0, (far + near) / (far - near), -2.0 * far * near / (far - near)],
+        [0.0, 0.0, 1.0, 0.0],
+    ], dtype=torch.float32)

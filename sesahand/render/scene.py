@@ -54,8 +54,8 @@ class GBuffer:
     hand: torch.Tensor
 
 
-def check_frames(meshes, cameras) -> tuple[int, int]:
-    """Validate the renderer's inputs; return the common (width, height).
+def check_frames(meshes, cameras) -> tuple[list[list[HandMesh]], list[Camera], int, int]:
+    """Validate the renderer's inputs; return them as lists, and the common width, height.
 
     Raises:
         ValueError: no frame, counts differ, a camera is not a ``Camera``, cameras differ in
@@ -76,17 +76,19 @@ def check_frames(meshes, cameras) -> tuple[int, int]:
             raise ValueError(f"cameras[{b}]: size {cam.width}x{cam.height} differs from "
                              f"cameras[0] ({width}x{height}); a batch needs one image size, "
                              "render different sizes in separate calls")
+    frames = []
     for b, hands in enumerate(meshes):
         if isinstance(hands, HandMesh):
             raise ValueError(f"meshes[{b}]: expected a list of HandMesh for the frame, got a "
                              "single HandMesh; wrap it in a list")
         hands = list(hands)
+        frames.append(hands)
         if len(hands) > MAX_HANDS_PER_FRAME:
             raise ValueError(f"meshes[{b}]: {len(hands)} hands; at most "
                              f"{MAX_HANDS_PER_FRAME} per frame")
         for i, mesh in enumerate(hands):
             _check_mesh(f"meshes[{b}][{i}]", mesh)
-    return width, height
+    return frames, cameras, width, height
 
 
 def _check_mesh(where: str, mesh) -> None:
