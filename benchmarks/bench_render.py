@@ -19,9 +19,7 @@ Target: flat within 20 MB after warm-up.
 The maps of one 512x512 frame are 12 MB of new float32 memory (pyrender returns 1.75 MB).
 Where malloc hands freed memory back to the system (glibc does when much is freed at once,
 always for large batches), every call faults it in again; the benchmark prints what that costs
-per MB on this machine (about 0.1-0.3 ms/MB on bare metal, more in some virtual machines).
-A caching allocator (LD_PRELOAD of jemalloc/tcmalloc, or glibc's MALLOC_TRIM_THRESHOLD_ and
-MALLOC_MMAP_THRESHOLD_) removes that cost for both renderers.
+per MB on this machine (virtual machines can be slow at it), to read the figures against.
 
 Meshes: a hand-sized closed capsule (about 10 x 8 x 3 cm, 1538 vertices, 3072 triangles;
 the open hand model has 1609 and 3196) with 21 joints inside, in a new random orientation

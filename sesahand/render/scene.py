@@ -107,10 +107,11 @@ def _check_mesh(where: str, mesh) -> None:
             raise ValueError(f"{where}.{name}: holds NaN or infinite values")
     faces = mesh.faces
     if not isinstance(faces, torch.Tensor) or faces.ndim != 2 or faces.shape[1] != 3 \
-            or faces.dtype.is_floating_point or faces.dtype == torch.bool:
+            or faces.shape[0] == 0 or faces.dtype.is_floating_point or faces.dtype == torch.bool:
         shape = tuple(faces.shape) if isinstance(faces, torch.Tensor) else type(faces).__name__
-        raise ValueError(f"{where}.faces: expected an integer tensor of shape (F, 3), got {shape}")
-    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= mesh.vertices.shape[0]):
+        raise ValueError(f"{where}.faces: expected an integer tensor of shape (F, 3) with F > 0, "
+                         f"got {shape}")
+    if int(faces.min()) < 0 or int(faces.max()) >= mesh.vertices.shape[0]:
         raise ValueError(f"{where}.faces: indices must lie in 0..{mesh.vertices.shape[0] - 1}")
 
 
