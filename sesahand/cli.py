@@ -34,7 +34,7 @@ def _pose_spec(args):
         return PoseSpec.random(args.seed, num_hands=args.num_hands, side=args.side)
     if args.pose in PRESET_NAMES:
         return PoseSpec.preset(args.pose, side=args.side)
-    if args.pose.endswith(".json") or Path(args.pose).exists():
+    if args.pose.lstrip().startswith("{") or args.pose.endswith(".json") or Path(args.pose).exists():
         return PoseSpec.from_json(args.pose)
     raise ValueError(f"--pose {args.pose!r}: not a preset, a .json pose file or 'random'; presets: "
                      f"{', '.join(PRESET_NAMES)}")
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("render", help="render condition maps and labels of posed hands")
     r.add_argument("--pose", default="open_palm",
-                   help="a preset name, a pose .json file, or 'random' (default: open_palm)")
+                   help="a preset name, a pose .json file (or its JSON text), or 'random' (default: open_palm)")
     r.add_argument("--seed", type=int, default=0, help="seed of --pose random")
     r.add_argument("--num-hands", type=int, choices=(1, 2), default=1, help="hands of --pose random")
     r.add_argument("--side", choices=("right", "left"), default="right", help="side of a preset or single random hand")

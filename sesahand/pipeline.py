@@ -55,7 +55,7 @@ def render_scenes(model: HandModel, scenes: list[HandScene], backend: str = "aut
         model: the hand model.
         scenes: B scenes, all with the same image size.
         backend: renderer backend (``"auto"``, ``"moderngl"``, ``"nvdiffrast"``).
-        progress: called as ``progress(done, total)`` after each posed frame.
+        progress: called as ``progress(done, total)`` after each rendered frame.
 
     Returns: the conditions (B frames) and the :class:`RenderedHands` record.
     Raises: ValueError if the scenes differ in image size.
@@ -63,10 +63,13 @@ def render_scenes(model: HandModel, scenes: list[HandScene], backend: str = "aut
     sizes = {(s.camera.width, s.camera.height) for s in scenes}
     if len(sizes) > 1:
         raise ValueError(f"scenes have different image sizes {sorted(sizes)}; render them in separate batches")
-    meshes = []
+    if not scenes:
+        raise ValueError("no scenes to render: give at least one frame")
+    meshes, parts = [], []
     for i, scene in enumerate(scenes):
         meshes.append(model(scene.hands))
+        parts.append(render_conditions(meshes[-1:], [scene.camera], backend=backend))
         if progress is not None:
             progress(i + 1, len(scenes))
-    conditions = render_conditions(meshes, [s.camera for s in scenes], backend=backend)
+    conditions = Conditions.concat(parts)
     return conditions, RenderedHands(scenes=scenes, meshes=meshes, labels=conditions.labels, model=model.name)

@@ -85,6 +85,22 @@ class Conditions:
     pose: torch.Tensor
     labels: list[list[HandLabels]]
 
+    @classmethod
+    def concat(cls, parts: "list[Conditions]") -> "Conditions":
+        """Join batches of equal frame size into one, frames in order.
+
+        Raises: ValueError for an empty list.
+        """
+        if not parts:
+            raise ValueError("Conditions.concat: no batches to join")
+
+        def cat(name: str) -> torch.Tensor:
+            return torch.cat([getattr(p, name) for p in parts])
+
+        return cls(mesh=cat("mesh"), depth=cat("depth"), depth_image=cat("depth_image"),
+                   normal=cat("normal"), masks=[m for p in parts for m in p.masks], mask=cat("mask"),
+                   pose=cat("pose"), labels=[lab for p in parts for lab in p.labels])
+
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
