@@ -25,3 +25,19 @@ def test_scenes_of_different_sizes_are_refused(anny_model):
     b = PoseSpec.preset("fist").resolve(anny_model, Camera.default(256, 128))
     with pytest.raises(ValueError, match="different image sizes"):
         render_scenes(anny_model, a + b)
+
+
+def test_open_hand_joints_project_inside_its_mask(anny_model):
+    from sesahand.hands import PRESET_NAMES
+
+    cam = Camera.default(256, 256)
+    scenes = [PoseSpec.preset(name).resolve(anny_model, cam)[0] for name in PRESET_NAMES]
+    cond, hands = render_scenes(anny_model, scenes)
+    for b, (labels,) in enumerate(hands.labels):
+        uv = labels.joints2d.floor().long()
+        # fingertips are surface vertices, on the silhouette's edge: allow one pixel
+        grown = torch.nn.functional.max_pool2d(cond.masks[b][:1].float()[None], 3, 1, 1)[0, 0]
+        inside = grown[uv[:, 1], uv[:, 0]] > 0
+        assert inside.all(), (PRESET_NAMES[b], torch.nonzero(~inside).flatten().tolist())
+        if PRESET_NAMES[b] in ("open_palm", "spread"):
+            assert labels.visible.all(), "an open hand seen palm-on shows all 21 joints"
