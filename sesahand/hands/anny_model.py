@@ -82,6 +82,16 @@ ANNY_RIG = "anny-hand.R"
 ANNY_TOPOLOGY = "hand.R"
 
 
+def _import_anny():
+    """Import ``anny`` with NVIDIA warp's start-up banner silenced (warp prints to stdout)."""
+    import warp
+
+    warp.config.quiet = True
+    import anny
+
+    return anny
+
+
 def default_cache_dir() -> Path:
     """Folder for SesaHand's model caches.
 
@@ -98,8 +108,7 @@ def default_cache_dir() -> Path:
 
 def anny_cache_file(cache_dir: str | Path | None = None) -> Path:
     """Path of the compact Anny hand data for the installed ``anny`` version."""
-    import anny
-
+    anny = _import_anny()
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return folder / f"anny-{anny.__version__}-{ANNY_RIG}.safetensors"
 
@@ -111,6 +120,7 @@ def build_anny_cache(path: Path) -> None:
     ``path`` is written atomically (temporary file, then rename), so an interrupted build
     leaves nothing behind. Takes one to three minutes on 2 CPU cores.
     """
+    _import_anny()
     from anny import Anny
     from anny import paths as anny_paths
 
@@ -154,10 +164,10 @@ class AnnyHandModel(HandModel):
     name = "anny"
 
     def __init__(self, cache_dir: str | Path | None = None, device: str | torch.device = "cpu"):
+        path = anny_cache_file(cache_dir)  # imports anny quietly
         from anny import Anny
         from anny.models.model_data import ModelData
 
-        path = anny_cache_file(cache_dir)
         if not path.exists():
             build_anny_cache(path)
         try:
