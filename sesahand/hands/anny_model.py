@@ -83,10 +83,11 @@ ANNY_TOPOLOGY = "hand.R"
 
 
 def _import_anny():
-    """Import ``anny`` with NVIDIA warp's start-up banner silenced (warp prints to stdout)."""
+    """Import ``anny`` with NVIDIA warp's start-up messages below warnings (warp prints them
+    to stdout; warnings and errors still show)."""
     import warp
 
-    warp.config.quiet = True
+    warp.config.log_level = max(warp.config.log_level, warp.LOG_WARNING)
     import anny
 
     return anny
