@@ -2,6 +2,8 @@
 
 Commands:
     render   pose hands (preset, pose file or random) and write the condition maps + labels.
+    queue    run a ComfyUI workflow N times on running ComfyUI servers (seeds/poses varied per
+             job), download the results and keep a resumable manifest.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 log = logging.getLogger("sesahand")
@@ -66,6 +67,35 @@ def cmd_render(args) -> int:
     return 0
 
 
+def _vary(text: str) -> tuple[str, ...]:
+    from .queue import VARY_CHOICES
+
+    names = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    bad = [v for v in names if v not in VARY_CHOICES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"--vary {text!r}: a comma list of {', '.join(VARY_CHOICES)}, "
+                                         "e.g. pose,seed")
+    return names
+
+
+def cmd_queue(args) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .queue import DEFAULT_SERVER, format_summary, load_workflow, run_queue
+
+    workflow = load_workflow(args.workflow)
+    with logging_redirect_tqdm():
+        try:
+            report = run_queue(args.server or [DEFAULT_SERVER], workflow, count=args.count, out=args.out,
+                               seed=args.seed, vary=args.vary, retries=args.retries)
+        except KeyboardInterrupt:
+            log.warning("stopped: prompts already queued keep running on their servers; run the same "
+                        "command again to collect them and go on")
+            return 130
+    print(format_summary(report))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sesahand", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +114,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", choices=("auto", "moderngl", "nvdiffrast"), default="auto")
     r.add_argument("--out", required=True, help="output folder")
     r.set_defaults(func=cmd_render)
+    q = sub.add_parser("queue", help="run a workflow N times on running ComfyUI servers",
+                       description="Submit COUNT jobs of a ComfyUI workflow (UI or API format) to running "
+                                   "ComfyUI servers, follow them, download their saved files into OUT "
+                                   "and record every job in OUT/manifest.jsonl; the same command "
+                                   "resumes an interrupted run without duplicates. Exit status 1 if a "
+                                   "job failed or was interrupted.")
+    q.add_argument("--server", action="append",
+                   help="ComfyUI base URL; repeat to spread the jobs over several servers "
+                        "(default: http://127.0.0.1:8188)")
+    q.add_argument("--workflow", required=True, help="workflow .json, as saved by the UI or exported in API format")
+    q.add_argument("--count", type=int, default=1, help="number of jobs (default 1)")
+    q.add_argument("--seed", type=int, default=0, help="job i uses seed SEED + i (default 0)")
+    q.add_argument("--vary", type=_vary, default=("seed",),
+                   help="what changes per job, a comma list: seed (every seed / noise_seed input), "
+                        "pose (SesaHand Hand Pose nodes in random mode) (default: seed)")
+    q.add_argument("--out", default="queue_out", help="output folder (default ./queue_out)")
+    q.add_argument("--retries", type=int, default=2,
+                   help="extra attempts after an execution or connection error (default 2); "
+                        "validation errors are never retried")
+    q.set_defaults(func=cmd_queue)
     return parser
 
 
