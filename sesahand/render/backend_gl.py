@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+import sys
 import threading
 
 import numpy as np
 import torch
 
 from .maps import AMBIENT
-from .projection import NEAR_M
-from .scene import FrameGeometry, GBuffer
+from .scene import FrameGeometry, GBuffer, ZeroArrays
+
+logger = logging.getLogger(__name__)
 
 _VERTEX_SHADER = """
 #version 330
@@ -70,9 +74,11 @@ class GLBackend:
     One context, program, vertex/index buffer and framebuffer are kept and reused; buffers
     grow when a frame needs more room and the framebuffer is rebuilt only when the image size
     changes. Each frame is one draw call that writes shaded colour, NormalBAE colour, camera
-    z and hand index into four targets (no multisampling), read back straight into the output
-    tensors. Only the rectangle the previous frame drew into is cleared (clearing float
-    targets is a large share of a frame's cost on llvmpipe). Calls are serialised with a lock
+    z and hand index into four targets (no multisampling). Only each hand's covered pixel
+    bounds (``FrameGeometry.rects``) are read back, into zeroed, recycled output arrays
+    (``ZeroArrays``), and only the rectangle the previous frame drew into is cleared
+    (clearing and reading whole float targets is a large share of a frame's cost on
+    llvmpipe). Calls are serialised with a lock
     and make the context current for their duration, so other OpenGL users in the process
     (and other threads) are not disturbed.
 
@@ -90,6 +96,7 @@ class GLBackend:
             raise RuntimeError(f"moderngl backend: the moderngl package is not importable "
                                f"({exc}); pip install moderngl") from None
         self._mgl = moderngl
+        _import_triton_first()
         try:
             self._ctx = moderngl.create_context(standalone=True, backend="egl", require=330)
         except Exception as exc:  # glcontext raises bare Exception subclasses
@@ -103,6 +110,8 @@ class GLBackend:
         self._fbo_parts: list = []
         self._size = None
         self._dirty: tuple[int, int, int, int] | None = None  # x, y, w, h; None = everything
+        self._scratch = np.empty(0, dtype=np.float32)
+        self._arrays = ZeroArrays()
 
     def _ensure_buffers(self, vertex_bytes: int, index_bytes: int) -> None:
         if (self._vao is not None and vertex_bytes <= self._vbo.size
@@ -153,13 +162,11 @@ class GLBackend:
 
     def rasterize(self, frames: list[FrameGeometry], width: int, height: int) -> GBuffer:
         """Render every frame; see :class:`sesahand.render.scene.GBuffer` for the outputs."""
-        batch = len(frames)
-        out = GBuffer(
-            mesh=torch.empty(batch, height, width, 3),
-            normal=torch.empty(batch, height, width, 3),
-            depth=torch.empty(batch, height, width),
-            hand=torch.empty(batch, height, width, dtype=torch.uint8),
-        )
+        batch, zeros = len(frames), self._arrays.zeros
+        targets = [zeros((batch, height, width, 3), np.float32),  # shaded colour
+                   zeros((batch, height, width, 3), np.float32),  # NormalBAE
+                   zeros((batch, height, width), np.float32),  # camera z
+                   zeros((batch, height, width), np.uint8)]  # hand index + 1
         with self._lock, self._ctx:
             self._ensure_framebuffer(width, height)
             fbo = self._fbo
@@ -169,21 +176,40 @@ class GLBackend:
                 if self._dirty is None or self._dirty[2] * self._dirty[3] > 0:
                     fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0, viewport=self._dirty)
                 self._dirty = (0, 0, 0, 0)
-                if frame.num_hands:
-                    self._dirty = None  # until the drawn rectangle is known
-                    vertices, indices = _interleave(frame)
-                    self._ensure_buffers(vertices.nbytes, indices.nbytes)
-                    self._vbo.write(vertices)
-                    self._ibo.write(indices)
-                    projection = frame.projection.numpy()
-                    self._program["projection"].write(np.ascontiguousarray(projection.T))
-                    self._vao.render(self._mgl.TRIANGLES, vertices=indices.size)
-                    self._dirty = _covered_rect(vertices[:, :3], projection, width, height)
-                fbo.read_into(out.mesh[b].numpy(), attachment=0, components=3, dtype="f4")
-                fbo.read_into(out.normal[b].numpy(), attachment=1, components=3, dtype="f4")
-                fbo.read_into(out.depth[b].numpy(), attachment=2, components=1, dtype="f4")
-                fbo.read_into(out.hand[b].numpy(), attachment=3, components=1, dtype="f1")
-        return out
+                if not frame.num_hands:
+                    continue
+                self._dirty = None  # until the drawn rectangle is known
+                vertices, indices = _interleave(frame)
+                self._ensure_buffers(vertices.nbytes, indices.nbytes)
+                self._vbo.write(vertices)
+                self._ibo.write(indices)
+                self._program["projection"].write(
+                    np.ascontiguousarray(frame.projection.numpy().T))
+                self._vao.render(self._mgl.TRIANGLES, vertices=indices.size)
+                (x0, y0), (x1, y1) = np.min(frame.rects, 0)[:2], np.max(frame.rects, 0)[2:]
+                self._dirty = (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+                for rect in frame.rects:
+                    self._read(rect, [t[b] for t in targets])
+        written = [(b, *rect) for b, frame in enumerate(frames) for rect in frame.rects]
+        mesh, normal, depth, hand = (self._arrays.tensor(t, written) for t in targets)
+        return GBuffer(mesh=mesh, normal=normal, depth=depth, hand=hand)
+
+    def _read(self, rect: tuple[int, int, int, int], targets: list[np.ndarray]) -> None:
+        """Copy the pixels in ``rect`` (x0, y0, x1, y1) of the four targets into the
+        (H, W, ...) arrays ``targets``, through a scratch buffer kept between calls."""
+        x0, y0, x1, y1 = rect
+        count = (x1 - x0) * (y1 - y0)
+        if count == 0:
+            return
+        if self._scratch.size < count * 3:
+            self._scratch = np.empty(max(count * 3, 2 * self._scratch.size), dtype=np.float32)
+        for attachment, target in enumerate(targets):
+            components = target.shape[2] if target.ndim == 3 else 1
+            dtype = "f1" if target.dtype == np.uint8 else "f4"
+            buf = self._scratch.view(target.dtype)[:count * components]
+            self._fbo.read_into(buf, viewport=(x0, y0, x1 - x0, y1 - y0), attachment=attachment,
+                                components=components, dtype=dtype)
+            target[y0:y1, x0:x1] = buf.reshape(target[y0:y1, x0:x1].shape)
 
     def close(self) -> None:
         """Release every OpenGL object and the context (idempotent)."""
@@ -200,6 +226,20 @@ class GLBackend:
             self._vao = self._vbo = self._ibo = self._fbo = self._program = None
             self._fbo_parts = []
             self._size = None
+            self._arrays.clear()
+
+
+def _import_triton_first() -> None:
+    """Import triton, when it is installed, before Mesa's llvmpipe loads its LLVM: importing
+    triton (which bundles another LLVM) after an llvmpipe context exists kills the process
+    with a segmentation fault (triton 3.8, Mesa llvmpipe), and torch imports triton lazily,
+    for example when anny's dependency roma is first imported."""
+    if "triton" in sys.modules or importlib.util.find_spec("triton") is None:
+        return
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # a broken triton install only matters to its own users
+        logger.debug("triton is installed but cannot be imported (%s)", exc)
 
 
 def _interleave(frame: FrameGeometry) -> tuple[np.ndarray, np.ndarray]:
@@ -219,17 +259,3 @@ def _interleave(frame: FrameGeometry) -> tuple[np.ndarray, np.ndarray]:
         offset += verts.shape[0]
     return records, np.concatenate(indices)
 
-
-def _covered_rect(positions: np.ndarray, projection: np.ndarray, width: int, height: int):
-    """Pixel rectangle (x, y, w, h) that contains every fragment drawn from the (N, 3)
-    camera-frame ``positions``, or None for the whole image when a vertex is not in front of
-    the near plane (clipping can then put fragments anywhere). Rows count from the top, as
-    the framebuffer's do."""
-    z = positions[:, 2:]
-    if not (z > NEAR_M).all():
-        return None
-    ndc = (positions @ projection[:2, :3].T) / z  # the w of clip space is z
-    size = np.array([width, height], dtype=np.float64)
-    x0, y0 = np.maximum(np.floor((ndc.min(axis=0) + 1.0) * 0.5 * size) - 1, 0).astype(int)
-    x1, y1 = np.minimum(np.ceil((ndc.max(axis=0) + 1.0) * 0.5 * size) + 1, size).astype(int)
-    return (int(x0), int(y0), max(int(x1 - x0), 0), max(int(y1 - y0), 0))

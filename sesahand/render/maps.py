@@ -82,17 +82,24 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         faces: (F, 3) int64 vertex indices, counter-clockwise seen from outside.
 
     Returns:
-        (V, 3) float32 outward unit normals: the sum of the cross products of the faces around
-        each vertex (each proportional to twice the face area). A vertex that no face uses,
-        or whose faces cancel, gets a zero vector, which the shading replaces with the
-        direction to the camera.
+        (V, 3) float32 outward unit normals on the device of ``vertices`` (computed on the
+        CPU): the sum of the cross products of the faces around each vertex (each
+        proportional to twice the face area). A vertex that no face uses, or whose faces
+        cancel, gets a zero vector, which the shading replaces with the direction to the
+        camera.
     """
-    corners = vertices[faces]  # (F, 3, 3)
-    face_n = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0],
-                                dim=1)
-    acc = torch.zeros_like(vertices).index_add_(0, faces.reshape(-1),
-                                                face_n.repeat_interleave(3, dim=0))
-    return torch.nn.functional.normalize(acc, dim=1, eps=1e-20)
+    # numpy, one coordinate at a time: cheaper than torch's per-op cost at this size.
+    x, y, z = np.asarray(vertices.detach().cpu(), dtype=np.float32).T
+    i0, i1, i2 = np.asarray(faces.detach().cpu()).T
+    ax, ay, az = x[i1] - x[i0], y[i1] - y[i0], z[i1] - z[i0]
+    bx, by, bz = x[i2] - x[i0], y[i2] - y[i0], z[i2] - z[i0]
+    corners = np.concatenate([i0, i1, i2])
+    acc = np.empty((len(x), 3))
+    for k, n in enumerate((ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx)):
+        acc[:, k] = np.bincount(corners, np.tile(n, 3), minlength=len(x))
+    length = np.sqrt(np.einsum("ij,ij->i", acc, acc))[:, None]
+    normals = (acc / np.maximum(length, 1e-20)).astype(np.float32)
+    return torch.from_numpy(normals).to(vertices.device)
 
 
 def shade(position: torch.Tensor, normal: torch.Tensor, color: torch.Tensor):
@@ -115,36 +122,43 @@ def shade(position: torch.Tensor, normal: torch.Tensor, color: torch.Tensor):
     return color * (AMBIENT + (1.0 - AMBIENT) * lambert), 0.5 - 0.5 * n
 
 
-def hand_depth_image(depth: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
-    """HandRefiner-style depth images.
+def fill_hand_pixels(index: int, rect: tuple[int, int, int, int], hand: np.ndarray,
+                     depth: np.ndarray, own_mask: np.ndarray, mask: np.ndarray,
+                     depth_image: np.ndarray) -> torch.Tensor | None:
+    """Write one hand's visible pixels into the masks and the HandRefiner-style depth image
+    of its frame, looking only inside ``rect``.
 
     Args:
-        depth: (..., H, W) float32 camera z in metres, 0 where no hand.
-        hand: (..., H, W) uint8, 0 for background, ``i + 1`` where hand ``i`` of the frame is
-            visible.
+        index: the hand's position in its frame; its pixels hold ``index + 1`` in ``hand``.
+        rect: ``(x0, y0, x1, y1)`` pixel bounds, max exclusive, holding all of its pixels.
+        hand: (H, W) uint8 rendered hand index + 1 of the frame, 0 for background.
+        depth: (H, W) float32 rendered camera z in metres.
+        own_mask: (H, W) bool, all False: set True on the hand's pixels.
+        mask: (H, W) float32: set to 1 on the hand's pixels.
+        depth_image: (H, W) float32: set on the hand's pixels to ``1 - 0.8 (z - z_min) /
+            (z_max - z_min)`` over those pixels (1.0 for all of them when the hand is seen
+            at a single depth).
 
     Returns:
-        (..., H, W) float32 in 0..1: per frame and hand, ``1 - 0.8 (z - z_min) /
-        (z_max - z_min)`` over that hand's visible pixels (1.0 for every pixel of a hand seen
-        at a single depth), 0 elsewhere.
+        (4,) float32 CPU tensor, the box ``x0, y0, x1, y1`` of the hand's pixels, max
+        exclusive; None (and nothing written) when it has no pixel.
     """
-    out = torch.zeros_like(depth)
-    flat = hand.reshape(-1)
-    idx = torch.nonzero(flat).flatten()
-    if idx.numel() == 0:
-        return out
-    frame_size = hand.shape[-1] * hand.shape[-2]
-    key = (idx // frame_size) * 256 + flat[idx].long()
-    z = depth.reshape(-1)[idx]
-    slots = (hand.numel() // frame_size) * 256
-    z_min = torch.full((slots,), float("inf"), device=depth.device)
-    z_max = torch.full((slots,), float("-inf"), device=depth.device)
-    z_min = z_min.scatter_reduce(0, key, z, "amin")[key]
-    span = z_max.scatter_reduce(0, key, z, "amax")[key] - z_min
-    scaled = (z - z_min) / span.clamp_min(1e-12)
-    value = torch.where(span > 0, 1.0 - HANDREFINER_DEPTH_SPAN * scaled, 1.0)
-    out.view(-1)[idx] = value
-    return out
+    x0, y0, x1, y1 = rect
+    crop = (slice(y0, y1), slice(x0, x1))
+    sel = hand[crop] == index + 1
+    rows = np.flatnonzero(sel.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(sel.any(axis=0))
+    own_mask[crop] = sel
+    mask[crop][sel] = 1.0
+    z = depth[crop][sel]
+    z_min = z.min()
+    span = z.max() - z_min
+    depth_image[crop][sel] = 1.0 - HANDREFINER_DEPTH_SPAN * ((z - z_min) / span) if span > 0 \
+        else 1.0
+    return torch.tensor([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1],
+                        dtype=torch.float32)
 
 
 def draw_hand_poses(joints2d: list[np.ndarray], drawable: list[np.ndarray], width: int,

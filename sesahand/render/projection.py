@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..hands.types import Camera
@@ -43,3 +44,31 @@ def gl_projection(camera: Camera, near: float = NEAR_M, far: float = FAR_M) -> t
         [0.0, 0.0, (far + near) / (far - near), -2.0 * far * near / (far - near)],
         [0.0, 0.0, 1.0, 0.0],
     ], dtype=torch.float32)
+
+
+def covered_rect(vertices: np.ndarray, projection: np.ndarray, width: int,
+                 height: int) -> tuple[int, int, int, int]:
+    """Pixel bounds that hold every pixel a rasteriser can cover with triangles on these
+    vertices, so that work on a hand's pixels can be limited to them.
+
+    Args:
+        vertices: (V, 3) float32 camera-frame points in metres.
+        projection: (4, 4) float32 ``gl_projection`` matrix of the frame.
+        width, height: image size in pixels.
+
+    Returns:
+        ``(x0, y0, x1, y1)``, max exclusive, clipped to the image (empty when the vertices
+        project outside it): the projected bounding box of the vertices widened by one
+        pixel, or the whole image when a vertex is not in front of the near plane (clipping
+        can then put fragments anywhere). Rows count from the top, as the framebuffer's and
+        the maps' do.
+    """
+    z = vertices[:, 2]
+    if not z.min() > NEAR_M:
+        return (0, 0, width, height)
+    ndc = (projection[:2, :3] @ vertices.T) / z  # (2, V); the w of clip space is z
+    size = np.array([width, height], dtype=np.float64)
+    lo = np.clip(np.floor((ndc.min(axis=1) + 1.0) * 0.5 * size) - 1, 0, size)
+    hi = np.clip(np.ceil((ndc.max(axis=1) + 1.0) * 0.5 * size) + 1, lo, size)
+    (x0, y0), (x1, y1) = lo.astype(int).tolist(), hi.astype(int).tolist()
+    return (x0, y0, x1, y1)

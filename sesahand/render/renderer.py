@@ -7,13 +7,14 @@ import logging
 import threading
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ..hands.types import Camera, HandMesh
 from .conditions import Conditions, HandLabels
-from .maps import draw_hand_poses, hand_depth_image
+from .maps import draw_hand_poses, fill_hand_pixels
 from .projection import NEAR_M
-from .scene import check_frames, prepare_frame
+from .scene import ZeroArrays, check_frames, prepare_frame
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +65,15 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def joint_visibility(joints: torch.Tensor, joints2d: torch.Tensor, depth: torch.Tensor,
-                     hand: torch.Tensor, index: int) -> torch.Tensor:
+def joint_visibility(joints: torch.Tensor, joints2d: torch.Tensor, depth: np.ndarray,
+                     hand: np.ndarray, index: int) -> torch.Tensor:
     """Which joints of hand ``index`` are visible in a rendered frame.
 
     Args:
         joints: (21, 3) float32 camera-frame joints in metres, OpenPose order.
         joints2d: (21, 2) float32 their projections, pixels (centres at +0.5).
-        depth: (H, W) float32 rendered depth of the frame (all hands), 0 = background.
-        hand: (H, W) uint8 rendered hand index + 1 of the frame, 0 = background.
+        depth: (H, W) float32 array, rendered depth of the frame (all hands), 0 = background.
+        hand: (H, W) uint8 array, rendered hand index + 1 of the frame, 0 = background.
         index: the hand's position in the frame's list.
 
     Returns:
@@ -82,25 +83,15 @@ def joint_visibility(joints: torch.Tensor, joints2d: torch.Tensor, depth: torch.
         it, or another hand's surface that is not in front of it.
     """
     height, width = depth.shape
-    joints, joints2d = joints.cpu(), joints2d.cpu()
-    inside = (joints[:, 2] > NEAR_M) & (joints2d[:, 0] >= 0) & (joints2d[:, 0] < width) \
-        & (joints2d[:, 1] >= 0) & (joints2d[:, 1] < height)
-    px = joints2d[:, 0].floor().long().clamp(0, width - 1).to(depth.device)
-    py = joints2d[:, 1].floor().long().clamp(0, height - 1).to(depth.device)
-    surface, owner = depth[py, px].cpu(), hand[py, px].cpu().long()
-    behind = joints[:, 2] - surface
-    own = behind <= torch.tensor(JOINT_DEPTH_TOLERANCE_M)
-    other = behind <= 0
-    unoccluded = torch.where(owner == 0, True, torch.where(owner == index + 1, own, other))
-    return inside & unoccluded
-
-
-def _box(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor | None:
-    """Box (x0, y0, x1, y1), max exclusive, from a mask's occupied rows (H,) and cols (W,)."""
-    rows, cols = torch.nonzero(rows).flatten(), torch.nonzero(cols).flatten()
-    if rows.numel() == 0:
-        return None
-    return torch.stack([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]).float()
+    z = joints[:, 2].cpu().numpy()
+    u, v = joints2d.cpu().numpy().T
+    inside = (z > NEAR_M) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    px = np.clip(np.floor(u), 0, width - 1).astype(np.intp)
+    py = np.clip(np.floor(v), 0, height - 1).astype(np.intp)
+    behind, owner = z - depth[py, px], hand[py, px]
+    own = behind <= np.asarray(JOINT_DEPTH_TOLERANCE_M, dtype=np.float32)
+    unoccluded = np.where(owner == 0, True, np.where(owner == index + 1, own, behind <= 0))
+    return torch.from_numpy(inside & unoccluded)
 
 
 class Renderer:
@@ -113,7 +104,9 @@ class Renderer:
             same maps up to rasterisation ties on triangle edges and float rounding.
 
     The backend's context and buffers are created once and reused by every ``render`` call;
-    release them with ``close()`` or use the renderer as a context manager.
+    release them with ``close()`` or use the renderer as a context manager. So is the memory
+    of the CPU maps: once every tensor (and array) of a result is freed, a later call may
+    reuse its arrays (``scene.ZeroArrays``); results still referenced are never touched.
 
     Raises:
         ValueError: unknown backend name.
@@ -124,6 +117,7 @@ class Renderer:
     def __init__(self, backend: str = "auto"):
         self.backend = resolve_backend(backend)
         self._impl = _make_backend(self.backend)
+        self._arrays = ZeroArrays()
 
     def render(self, meshes: Sequence[Sequence[HandMesh]], cameras: Sequence[Camera]) -> Conditions:
         """Render B frames.
@@ -151,36 +145,50 @@ class Renderer:
         with torch.no_grad():
             frames = [prepare_frame(hands, cam, device) for hands, cam in zip(meshes, cameras)]
             gbuf = self._impl.rasterize(frames, width, height)
-            batch = len(frames)
-            depth_image = hand_depth_image(gbuf.depth, gbuf.hand)
-            pose = torch.zeros(batch, height, width, 3, device=device)
-            masks, labels = [], []
-            for b, (hands, cam) in enumerate(zip(meshes, cameras)):
-                hand_ids = torch.arange(1, len(hands) + 1, device=device, dtype=torch.uint8)
-                frame_masks = gbuf.hand[b][None] == hand_ids[:, None, None]
-                masks.append(frame_masks)
-                rows, cols = frame_masks.any(dim=2).cpu(), frame_masks.any(dim=1).cpu()
-                frame_labels = [self._label(b, i, mesh, cam, rows[i], cols[i], gbuf.depth[b],
-                                            gbuf.hand[b]) for i, mesh in enumerate(hands)]
+            # The maps derived from the G-buffer are made on the CPU, in numpy and only within
+            # each hand's pixel bounds: these are small, scattered operations, and a torch op
+            # on a CPU tensor above torch's grain size waits for a second thread, which can
+            # take milliseconds on a busy machine. They then go to the backend's device.
+            hand, depth = gbuf.hand.cpu().numpy(), gbuf.depth.cpu().numpy()
+            batch, zeros = len(frames), self._arrays.zeros
+            depth_image = zeros((batch, height, width), np.float32)
+            mask = zeros((batch, height, width), np.float32)
+            pose = zeros((batch, height, width, 3), np.float32)
+            written, drawn_at, masks, labels = [], [], [], []
+            for b, (hands, cam, frame) in enumerate(zip(meshes, cameras, frames)):
+                frame_masks = zeros((len(hands), height, width), np.bool_)
+                frame_labels = []
+                for i, (mesh, rect) in enumerate(zip(hands, frame.rects)):
+                    box = fill_hand_pixels(i, rect, hand[b], depth[b], frame_masks[i], mask[b],
+                                           depth_image[b])
+                    frame_labels.append(self._label(b, i, mesh, cam, box, depth[b], hand[b]))
                 labels.append(frame_labels)
+                masks.append(self._tensor(frame_masks, [(i, *rect) for i, rect in
+                                                        enumerate(frame.rects)], device))
+                written += [(b, *rect) for rect in frame.rects]
                 drawn = draw_hand_poses([lab.joints2d.numpy() for lab in frame_labels],
                                         [(lab.joints3d[:, 2] > NEAR_M).numpy()
                                          for lab in frame_labels], width, height)
                 if drawn is not None:
                     crop, x0, y0 = drawn
-                    crop_t = torch.from_numpy(crop).to(device=device, dtype=torch.float32)
-                    pose[b, y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop_t / 255.0
-        return Conditions(mesh=gbuf.mesh, depth=gbuf.depth, depth_image=depth_image,
-                          normal=gbuf.normal, masks=masks, mask=(gbuf.hand > 0).float(),
-                          pose=pose, labels=labels)
+                    x1, y1 = x0 + crop.shape[1], y0 + crop.shape[0]
+                    np.divide(crop, 255.0, dtype=np.float32, out=pose[b, y0:y1, x0:x1])
+                    drawn_at.append((b, x0, y0, x1, y1))
+        return Conditions(mesh=gbuf.mesh, depth=gbuf.depth,
+                          depth_image=self._tensor(depth_image, written, device),
+                          normal=gbuf.normal, masks=masks,
+                          mask=self._tensor(mask, written, device),
+                          pose=self._tensor(pose, drawn_at, device), labels=labels)
+
+    def _tensor(self, array: np.ndarray, written: list, device: torch.device) -> torch.Tensor:
+        return self._arrays.tensor(array, written).to(device)
 
     @staticmethod
-    def _label(b: int, i: int, mesh: HandMesh, camera: Camera, rows: torch.Tensor,
-               cols: torch.Tensor, depth: torch.Tensor, hand: torch.Tensor) -> HandLabels:
+    def _label(b: int, i: int, mesh: HandMesh, camera: Camera, box: torch.Tensor | None,
+               depth: np.ndarray, hand: np.ndarray) -> HandLabels:
         joints = mesh.joints.detach().cpu().float().clone()
         joints2d = camera.project(joints)
         visible = joint_visibility(joints, joints2d, depth, hand, i)
-        box = _box(rows, cols)
         notes = list(mesh.notes)
         if box is None:
             msg = (f"frame {b}, hand {i} ({mesh.side}): no visible pixel; it lies outside "
@@ -195,6 +203,7 @@ class Renderer:
         if self._impl is not None:
             self._impl.close()
             self._impl = None
+            self._arrays.clear()
 
     def __enter__(self) -> "Renderer":
         return self

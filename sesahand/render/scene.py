@@ -1,14 +1,18 @@
-"""Backend-neutral inputs and outputs of rasterisation, and input checking."""
+"""Backend-neutral inputs and outputs of rasterisation, input checking, and the recycled
+arrays the maps are made in."""
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..hands.types import SIDES, Camera, HandMesh
 from .maps import HAND_COLORS, vertex_normals
-from .projection import gl_projection
+from .projection import covered_rect, gl_projection
 
 #: The hand index is stored in an 8-bit target (0 = background).
 MAX_HANDS_PER_FRAME = 255
@@ -24,6 +28,8 @@ class FrameGeometry:
         normals: per hand (V, 3) float32 outward unit vertex normals.
         faces: per hand (F, 3) int64.
         colors: per hand (3,) float32 base colour (``HAND_COLORS`` of its side).
+        rects: per hand ``(x0, y0, x1, y1)`` pixel bounds, max exclusive, outside which its
+            triangles cover no pixel (``projection.covered_rect``).
     """
 
     projection: torch.Tensor
@@ -31,6 +37,7 @@ class FrameGeometry:
     normals: list[torch.Tensor]
     faces: list[torch.Tensor]
     colors: list[torch.Tensor]
+    rects: list[tuple[int, int, int, int]]
 
     @property
     def num_hands(self) -> int:
@@ -116,9 +123,11 @@ def _check_mesh(where: str, mesh) -> None:
 
 
 def prepare_frame(hands, camera: Camera, device: torch.device) -> FrameGeometry:
-    """Move one frame's (checked) meshes to ``device`` with vertex normals and colours."""
-    geometry = FrameGeometry(projection=gl_projection(camera), vertices=[], normals=[],
-                             faces=[], colors=[])
+    """Move one frame's (checked) meshes to ``device`` with vertex normals, colours and
+    covered pixel bounds."""
+    projection = gl_projection(camera)
+    geometry = FrameGeometry(projection=projection, vertices=[], normals=[], faces=[],
+                             colors=[], rects=[])
     for mesh in hands:
         verts = mesh.vertices.detach().to(device=device, dtype=torch.float32)
         faces = mesh.faces.detach().to(device=device, dtype=torch.int64)
@@ -126,4 +135,61 @@ def prepare_frame(hands, camera: Camera, device: torch.device) -> FrameGeometry:
         geometry.faces.append(faces)
         geometry.normals.append(vertex_normals(verts, faces))
         geometry.colors.append(torch.tensor(HAND_COLORS[mesh.side], device=device))
+        geometry.rects.append(covered_rect(verts.cpu().numpy(), projection.numpy(),
+                                           camera.width, camera.height))
     return geometry
+
+
+#: Where a map array was written: (index along its first axis, x0, y0, x1, y1), max exclusive.
+Region = tuple[int, int, int, int, int]
+
+
+class ZeroArrays:
+    """Zero-filled numpy arrays for the maps, recycled once nothing refers to them.
+
+    The maps are mostly black and one call's are freed before the next when frames are
+    rendered in a loop, so rather than allocating and zeroing whole images every call (or
+    faulting in fresh pages, which is slower still on virtual machines), an array comes
+    back here when the last tensor using it is freed, with the regions that were written,
+    and only those are zeroed before it is used again. At most ``KEEP`` free arrays are kept
+    per shape and dtype (two maps of a call share one: mesh and normal, depth image and
+    mask); ``clear`` drops them. Thread-safe.
+    """
+
+    KEEP = 2
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._free: dict[tuple, list[tuple[np.ndarray, list[Region]]]] = {}
+
+    def zeros(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A C-contiguous zero array of ``shape`` and numpy ``dtype``, owned by the caller
+        until handed out with :meth:`tensor` (or dropped)."""
+        with self._lock:
+            free = self._free.get((shape, np.dtype(dtype)))
+            array, written = free.pop() if free else (None, ())
+        if array is None:
+            return np.zeros(shape, dtype=dtype)
+        for i, x0, y0, x1, y1 in written:
+            array[i, y0:y1, x0:x1] = 0
+        return array
+
+    def tensor(self, array: np.ndarray, written: list[Region]) -> torch.Tensor:
+        """A CPU tensor on ``array`` (from :meth:`zeros`); when it and every tensor or array
+        derived from it are freed, ``array`` returns here, to be zeroed over ``written`` (all
+        the regions that hold non-zero values) and reused."""
+        view = array.view()
+        release = weakref.finalize(view, self._release, array, written)
+        release.atexit = False
+        return torch.from_numpy(view)
+
+    def clear(self) -> None:
+        """Drop the free arrays."""
+        with self._lock:
+            self._free.clear()
+
+    def _release(self, array: np.ndarray, written: list[Region]) -> None:
+        with self._lock:
+            free = self._free.setdefault((array.shape, array.dtype), [])
+            if len(free) < self.KEEP:
+                free.append((array, written))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +95,16 @@ def test_moderngl_falls_back_to_rgba_targets(camera64, ellipsoid, gl_renderer):
     expected = gl_renderer.render(hands, [camera64])
     for name in ("mesh", "normal", "depth", "depth_image", "mask", "pose"):
         assert torch.equal(getattr(cond, name), getattr(expected, name)), name
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton installed")
+def test_triton_can_be_imported_after_a_moderngl_renderer_starts():
+    """torch imports triton lazily; after llvmpipe has loaded its LLVM that import used to
+    kill the process, so the backend imports triton first."""
+    code = ("from sesahand.render import Renderer\n"
+            "renderer = Renderer('moderngl')\n"
+            "import triton\n"
+            "renderer.close()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -12,6 +12,7 @@ import torch
 
 from sesahand.hands.types import Camera, HandMesh
 from sesahand.render import Renderer, render_conditions
+from sesahand.render.scene import ZeroArrays
 
 
 def _pixel(joint2d: torch.Tensor) -> tuple[int, int]:
@@ -164,6 +165,49 @@ def test_consecutive_frames_leave_no_trace(gl_renderer, camera64, ellipsoid):
     for name, hands in order:
         single = gl_renderer.render([hands], [camera64])
         assert torch.equal(single.normal[0], fresh[name].normal[0]), name
+
+
+_MAPS = ("mesh", "normal", "depth", "depth_image", "mask", "pose")
+
+
+def test_recycled_maps_equal_fresh_ones_and_held_maps_stay_intact(camera64, ellipsoid):
+    """Arrays of freed results are reused: the next maps still match a fresh renderer's,
+    and results still held are never written over."""
+    big = [ellipsoid((0.0, 0.0, 0.3), radii=(0.06, 0.08, 0.03), side="left"),
+           ellipsoid((0.02, 0.01, 0.35), radii=(0.02, 0.02, 0.02))]
+    small = [ellipsoid((0.02, 0.02, 0.5), radii=(0.01, 0.01, 0.01))]
+    with Renderer("moderngl") as fresh_renderer:
+        fresh = fresh_renderer.render([small], [camera64])
+    with Renderer("moderngl") as renderer:
+        held = renderer.render([big], [camera64])
+        copies = {name: getattr(held, name).clone() for name in _MAPS}
+        held_masks = held.masks[0].clone()
+        for _ in range(3):  # each result is freed before the next call
+            cond = renderer.render([small], [camera64])
+            for name in _MAPS:
+                assert torch.equal(getattr(cond, name), getattr(fresh, name)), name
+            assert torch.equal(cond.masks[0], fresh.masks[0])
+            del cond
+        big_again = renderer.render([big], [camera64])
+    for name in _MAPS:
+        assert torch.equal(getattr(held, name), copies[name]), name
+        assert torch.equal(getattr(big_again, name), copies[name]), name
+    assert torch.equal(held.masks[0], held_masks)
+
+
+def test_zero_arrays_recycles_only_freed_arrays():
+    arrays = ZeroArrays()
+    a = arrays.zeros((2, 4, 5), np.float32)
+    a[1, 1:3, 2:4] = 7.0
+    t = arrays.tensor(a, [(1, 2, 1, 4, 3)])
+    view = t[1].numpy()  # anything derived from the tensor keeps the array in use
+    del t
+    assert arrays.zeros((2, 4, 5), np.float32) is not a
+    del view
+    again = arrays.zeros((2, 4, 5), np.float32)
+    assert again is a and not again.any()
+    assert arrays.zeros((2, 4, 5), np.float32) is not a  # handed out once
+    assert arrays.zeros((2, 4, 5), np.uint8).dtype == np.uint8
 
 
 def test_labels_are_json_ready(gl_renderer, camera64, ellipsoid):
