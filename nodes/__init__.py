@@ -15,6 +15,8 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
+from .attention import SesaHandHandAttention, SesaHandHandAttentionSampler
+from .control import SesaHandApplyHandControl, SesaHandLoadControlNet
 from .hands import SesaHandHandModel, SesaHandHandPose
 from .render import SesaHandExportMesh, SesaHandRenderConditions
 
@@ -44,4 +46,6 @@ class SesaHandExtension(ComfyExtension):
 
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [SesaHandHandModel, SesaHandHandPose, SesaHandRenderConditions, SesaHandExportMesh]
+        return [SesaHandHandModel, SesaHandHandPose, SesaHandRenderConditions, SesaHandExportMesh,
+                SesaHandHandAttention, SesaHandHandAttentionSampler,
+                SesaHandLoadControlNet, SesaHandApplyHandControl]

@@ -1,0 +1,193 @@
+"""Structural fusion (SF): ControlNet step time and peak memory against the plain ControlNet.
+
+Usage:
+    python benchmarks/bench_control.py [--rounds N]
+
+Needs ComfyUI core (``$COMFYUI_PATH``, default ``~/ComfyUI``); runs on the CPU.
+
+Model: a ControlNet of SD1.5's full shape (model_channels 320, channel mult 1-2-4-4, two res
+blocks per level, transformers on the first three levels and the middle, 8 heads, context 768,
+361 M parameters) with seeded random weights, float32, built by ComfyUI's cldm code. One step
+is one ControlNet forward on a batch of 2 (a positive and a negative prompt, as in CFG).
+
+Each comparison is run twice, with core's attention set to ComfyUI's CPU default
+(sub-quadratic) and to PyTorch SDPA (``--use-pytorch-cross-attention``): the plain forward
+uses it everywhere, the SF forward for its cross-attention (SF computes its self-attention
+and maps itself).
+
+Speed, 32 x 32 latent (256 x 256 pixels): the per-step time of the SF forward
+(``fusion="tokens"`` and ``"gate"``, w = 1) over core's plain forward, measured alternately in
+this process: variants run back to back in each round, the ratio is taken within each round
+and its median over rounds is printed (robust to other load on the machine changing between
+rounds); medians and minima of the times are printed too. Target: ratio <= 1.10.
+
+Memory, 64 x 64 latent (512 x 512 pixels, token grids 64, 32, 16, 8): one forward per fresh
+subprocess; peak resident memory (ru_maxrss) in total and above the resident memory just
+before the forward (weights and inputs loaded). Target: SF / plain <= 1.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+COMFYUI = Path(os.environ.get("COMFYUI_PATH", "~/ComfyUI")).expanduser().resolve()
+
+SD15_CONTROLNET = {
+    "image_size": 32, "in_channels": 4, "model_channels": 320, "hint_channels": 3,
+    "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
+    "context_dim": 768, "num_heads": 8, "num_head_channels": -1, "use_spatial_transformer": True,
+    "use_linear_in_transformer": False, "legacy": False, "adm_in_channels": None,
+}
+ATTENTIONS = ("sub-quad", "sdpa")
+FUSIONS = ("plain", "tokens", "gate")
+VARIANTS = tuple(f"{fusion}/{attention}" for attention in ATTENTIONS for fusion in FUSIONS)
+
+
+def import_comfy():
+    """ComfyUI on the CPU, and the pack's ``nodes.control_model`` (imported as a package)."""
+    if not (COMFYUI / "main.py").is_file():
+        sys.exit(f"no ComfyUI at {COMFYUI}: set COMFYUI_PATH")
+    sys.path.insert(0, str(COMFYUI))
+    from comfy.cli_args import args
+
+    args.cpu = True
+    spec = importlib.util.spec_from_file_location("sesahand_pack", REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["sesahand_pack"] = pack
+    spec.loader.exec_module(pack)
+    return importlib.import_module("sesahand_pack.nodes.control_model")
+
+
+def build_controlnet():
+    """The SD1.5-shaped cldm ControlNet, random weights filled in place (no copy at any time)."""
+    import comfy.cldm.cldm
+    import comfy.ops
+
+    model = comfy.cldm.cldm.ControlNet(**SD15_CONTROLNET, operations=comfy.ops.disable_weight_init)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.ndim == 1:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()), generator=g)
+    return model.eval()
+
+
+def inputs(size: int):
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(2, 4, size, size, generator=g), torch.rand(2, 3, 8 * size, 8 * size, generator=g),
+            torch.tensor([700.0, 700.0]), torch.randn(2, 77, 768, generator=g))
+
+
+def forward(cm, model, variant, x, hint, t, context):
+    """One ControlNet step of ``variant`` ("fusion/attention"), core's attention set first."""
+    import comfy.ldm.modules.attention as attention
+
+    fusion, backend = variant.split("/")
+    attention.optimized_attention = (attention.attention_pytorch if backend == "sdpa"
+                                     else attention.attention_sub_quad)
+    if fusion == "plain":
+        return model(x=x, hint=hint, timesteps=t, context=context)
+    return cm.sf_forward(model, x, hint, t, context, cm.FusionSettings(fusion, 1.0))
+
+
+def memory_child(variant: str, size: int) -> None:
+    import psutil
+
+    cm = import_comfy()
+    model = build_controlnet()
+    data = inputs(size)
+    rss_before = psutil.Process().memory_info().rss
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with torch.no_grad():
+        out = forward(cm, model, variant, *data)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert len(out["output"]) == 12 and len(out["middle"]) == 1
+    print(json.dumps({"peak": peak, "before": rss_before, "maxrss_before": maxrss_before}))
+
+
+def measure_memory(size: int) -> dict[str, dict]:
+    results = {}
+    for variant in VARIANTS:
+        run = subprocess.run([sys.executable, __file__, "--memory-child", variant, "--size", str(size)],
+                             capture_output=True, text=True, check=True)
+        results[variant] = json.loads(run.stdout.strip().splitlines()[-1])
+    return results
+
+
+def measure_speed(cm, rounds: int, size: int) -> dict[str, list[float]]:
+    model = build_controlnet()
+    data = inputs(size)
+    times = {v: [] for v in VARIANTS}
+    with torch.no_grad():
+        for variant in VARIANTS:  # warm-up
+            forward(cm, model, variant, *data)
+        for _ in range(rounds):
+            for variant in VARIANTS:
+                start = time.perf_counter()
+                forward(cm, model, variant, *data)
+                times[variant].append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.memory_child:
+        memory_child(opts.memory_child, opts.size)
+        return
+
+    cm = import_comfy()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; SD1.5-shaped ControlNet, "
+          "batch 2, float32, CPU")
+    times = measure_speed(cm, opts.rounds, 32)
+    med = {v: statistics.median(t) for v, t in times.items()}
+    print(f"\nstep time, 32x32 latent, median of {opts.rounds} (min):")
+    for v in VARIANTS:
+        print(f"  {v:15s} {med[v]:7.3f} s ({min(times[v]):.3f})")
+    for attention in ATTENTIONS:
+        base = f"plain/{attention}"
+        for sf in (f"tokens/{attention}", f"gate/{attention}"):
+            ratios = [a / b for a, b in zip(times[sf], times[base])]
+            print(f"  ratio {sf} / {base}: {statistics.median(ratios):.3f} (per-round median; "
+                  f"range {min(ratios):.3f}-{max(ratios):.3f})  target <= 1.10")
+
+    mem = measure_memory(64)
+    mib = 1 << 20
+    print("\npeak memory, 64x64 latent, one forward per process (MiB): total / above weights+inputs")
+    for v in VARIANTS:
+        m = mem[v]
+        note = "" if m["peak"] > m["maxrss_before"] else "  (peak not above start-up; increment unreliable)"
+        print(f"  {v:15s} {m['peak'] / mib:8.0f} / {(m['peak'] - m['before']) / mib:6.0f}{note}")
+    for attention in ATTENTIONS:
+        b = mem[f"plain/{attention}"]
+        for sf in (f"tokens/{attention}", f"gate/{attention}"):
+            s = mem[sf]
+            print(f"  ratio {sf} / plain/{attention}: total {s['peak'] / b['peak']:.3f}, above "
+                  f"weights {(s['peak'] - s['before']) / (b['peak'] - b['before']):.3f}  target <= 1.2")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""Control room: hierarchical structural fusion (SF) for SD1.5 ControlNets, without ComfyUI.
+
+``fusion`` holds the math of eq. SF-1..3 (chunked self-attention maps, psi', refinement of the
+control features before the zero convolutions) for any ControlNet forward to call;
+``metadata`` reads and writes SesaHand's settings in a ControlNet's safetensors header.
+"""
+
+from .fusion import (DEFAULT_CHUNK_ELEMENTS, FUSION_MODES, FusionSettings, SelfAttentionMaps,
+                     coarsest_grid, grid_cells, pool_cells, refine, refine_gate, refine_tokens)
+from .metadata import RENDER_STYLES, ControlMetadata, parse_control_metadata, read_control_metadata
+
+__all__ = ["DEFAULT_CHUNK_ELEMENTS", "FUSION_MODES", "RENDER_STYLES", "ControlMetadata",
+           "FusionSettings", "SelfAttentionMaps", "coarsest_grid", "grid_cells",
+           "parse_control_metadata", "pool_cells", "read_control_metadata", "refine",
+           "refine_gate", "refine_tokens"]

@@ -1,0 +1,440 @@
+"""SesaHand ControlNet in a real ComfyUI (CPU): loader, structural-fusion forward, ControlBase
+lifecycle, Apply node, sampling, and a /prompt run through the server.
+
+Models are tiny random-weight SD1.5-format files built once per session (``tiny_sd15``).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import logging
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+pytestmark = pytest.mark.comfyui
+
+HERE = Path(__file__).resolve().parent
+NODE_IDS = ("SesaHandLoadControlNet", "SesaHandApplyHandControl")
+SESAHAND_METADATA = {"sesahand.fusion": "tokens", "sesahand.w": "1.0", "sesahand.alpha": "2.5",
+                     "sesahand.render_style": "mesh"}
+#: A small SD1.5-shaped ControlNet: 4 levels, 2 res blocks each, transformers on the first 3.
+SD15_SHAPE = {"model_channels": 32, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2] * 4,
+              "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1}
+
+
+def load_local(name: str):
+    """A helper module of this folder, by path (tests are imported without packages)."""
+    spec = importlib.util.spec_from_file_location(f"sesahand_test_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny(comfyui, tmp_path_factory):
+    """Tiny SD1.5 files in fresh checkpoints / controlnet / sesahand folders known to ComfyUI."""
+    builder = load_local("tiny_sd15")
+    root = tmp_path_factory.mktemp("tiny_sd15")
+    folders = {name: root / name for name in ("checkpoints", "controlnet", "sesahand")}
+    for name, folder in folders.items():
+        folder.mkdir()
+        comfyui.folder_paths.add_model_folder_path(name, str(folder))
+    cn = folders["controlnet"]
+    builder.build_checkpoint(folders["checkpoints"] / "tiny_sd15.safetensors")
+    builder.build_controlnet(cn / "plain.safetensors")
+    builder.build_controlnet(folders["sesahand"] / "hand_cn.safetensors", seed=3, metadata=SESAHAND_METADATA)
+    builder.build_controlnet(cn / "missing.safetensors",
+                             drop=("input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight",))
+    save_file({"control_model." + k: v for k, v in builder.random_weights(
+        builder.controlnet_module(context_dim=1024, use_linear_in_transformer=True).state_dict(),
+        "", 0, torch.float16).items()}, str(cn / "sd2.safetensors"))
+    flux_keys = ("controlnet_blocks.0.weight", "controlnet_x_embedder.weight")
+    save_file({k: torch.zeros(2, 2) for k in flux_keys}, str(cn / "flux.safetensors"))
+    return SimpleNamespace(builder=builder, root=root, **folders)
+
+
+@pytest.fixture(scope="module")
+def cm(comfyui):
+    """The pack's ``nodes.control_model`` module as ComfyUI loaded it."""
+    return importlib.import_module(comfyui.pack_module.__name__ + ".nodes.control_model")
+
+
+def sd15_model():
+    """What samplers pass to ``ControlBase.pre_run``: an SD1.5 model config and its sampling."""
+    import comfy.model_base
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD15({"context_dim": 768, "model_channels": 320,
+                                          "use_linear_in_transformer": False, "adm_in_channels": None,
+                                          "use_temporal_attention": False})
+    sampling = comfy.model_base.model_sampling(config, comfy.model_base.ModelType.EPS)
+    return SimpleNamespace(model_config=config, model_sampling=sampling)
+
+
+@pytest.fixture(scope="module")
+def small_cldm(tiny):
+    """The small SD1.5-shaped cldm ControlNet (float32, CPU) with random weights."""
+    cldm = tiny.builder.controlnet_module(device="cpu", **SD15_SHAPE)
+    cldm.load_state_dict(tiny.builder.random_weights(cldm.state_dict(), "", 5))
+    return cldm.eval()
+
+
+def make_controls(cm, cldm):
+    """(SesaHand ControlNet, core ControlNet) over the same cldm module."""
+    import comfy.controlnet
+    import comfy.model_patcher
+
+    patcher = comfy.model_patcher.ModelPatcher(cldm, load_device=torch.device("cpu"),
+                                               offload_device=torch.device("cpu"))
+    core = comfy.controlnet.ControlNet(cldm, load_device=torch.device("cpu"))
+    return cm.SesaHandControlNet(patcher, None), core
+
+
+def run_control(control, x, hint_size=None, seed=0, batched_number=2):
+    """pre_run + get_control at sigma 5 with random context; returns the merged control dict."""
+    g = torch.Generator().manual_seed(seed)
+    model = sd15_model()
+    control.pre_run(model, model.model_sampling.percent_to_sigma)
+    cond = {"c_crossattn": torch.randn(x.shape[0], 77, 768, generator=g)}
+    try:
+        with torch.no_grad():
+            return control.get_control(x, torch.full((x.shape[0],), 5.0), cond, batched_number, {})
+    finally:
+        control.cleanup()
+
+
+def with_hint(control, size=(128, 128), strength=1.0, percent=(0.0, 1.0), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return control.copy().set_cond_hint(torch.rand(1, 3, *size, generator=g), strength, percent)
+
+
+def latent(size=16, batch=2, seed=2):
+    return torch.randn(batch, 4, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def flat(control):
+    return control["output"] + control["middle"]
+
+
+def test_schemas_follow_the_pack_conventions(comfyui, tiny):
+    for node_id in NODE_IDS:
+        info = comfyui.node(node_id).GET_NODE_INFO_V1()
+        assert info["category"] == "SesaHand/control" and info["display_name"].startswith("SesaHand ")
+        inputs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        for name, (_, options) in inputs.items():
+            assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_loader_lists_controlnets_of_both_folders(comfyui, tiny, cm):
+    names = cm.controlnet_names()
+    assert {"plain.safetensors", "hand_cn.safetensors"} <= set(names)
+    assert not [n for n in names if n.startswith("anny-")]  # other sesahand-folder files are not offered
+    node = comfyui.node("SesaHandLoadControlNet")
+    assert node.validate_inputs(control_net_name="hand_cn.safetensors") is True
+    assert "choose a file from the list" in node.validate_inputs(control_net_name="nope.safetensors")
+
+
+def test_loader_reads_sesahand_metadata(comfyui, tiny, cm):
+    node = comfyui.node("SesaHandLoadControlNet")
+    control, alpha, style = node.execute(control_net_name="hand_cn.safetensors")
+    assert isinstance(control, cm.SesaHandControlNet)
+    assert (control.fusion.fusion, control.fusion.w, alpha, style) == ("tokens", 1.0, 2.5, "mesh")
+    plain, alpha, style = node.execute(control_net_name="plain.safetensors")
+    assert plain.fusion == cm.FusionSettings("tokens", 0.0) and (alpha, style) == (2.0, "")
+    assert len(plain.control_model.input_blocks) == 2  # the tiny one-level shape
+
+
+def test_diffusers_layout_gives_the_diffusers_residuals(comfyui, tiny, cm):
+    pytest.importorskip("diffusers")
+    path = tiny.controlnet / "diffusers.safetensors"
+    model = tiny.builder.build_diffusers_controlnet(path)
+    control = comfyui.node("SesaHandLoadControlNet").execute(control_net_name=path.name)[0]
+    g = torch.Generator().manual_seed(0)
+    x, hint = torch.randn(2, 4, 8, 8, generator=g), torch.rand(2, 3, 64, 64, generator=g)
+    context, t = torch.randn(2, 77, 768, generator=g), torch.tensor([10.0, 500.0])
+    with torch.no_grad():
+        ours = control.control_model(x=x, hint=hint, timesteps=t, context=context)
+        down, mid = model(x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False)
+    assert len(ours["output"]) == len(down) == 2
+    for a, b in zip(flat(ours), [*down, mid]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("missing.safetensors", "lacks weight 'input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight'"),
+    ("sd2.safetensors", "is an SD20 ControlNet, not SD1.5"),
+    ("flux.safetensors", "is a Flux \\(InstantX\\) ControlNet, not an SD1.5 ControlNet"),
+])
+def test_loader_refuses_bad_files_naming_the_input(comfyui, tiny, name, message):
+    with pytest.raises(ValueError, match=message) as info:
+        comfyui.node("SesaHandLoadControlNet").execute(control_net_name=name)
+    assert f"control_net_name {name!r}" in str(info.value)
+
+
+def test_w0_reproduces_core_residuals_exactly(cm, small_cldm):
+    ours, core = make_controls(cm, small_cldm)
+    x = latent()
+    mine, reference = flat(run_control(with_hint(ours), x)), flat(run_control(with_hint(core), x))
+    assert len(mine) == 13
+    assert all(torch.equal(a, b) for a, b in zip(mine, reference))
+
+
+def test_residuals_have_sd15_count_and_shapes(cm, small_cldm, monkeypatch):
+    recorded = []
+
+    class Recording(cm.SelfAttentionMaps):
+        def structure(self):
+            recorded.append(self.layers)
+            return super().structure()
+
+    monkeypatch.setattr(cm, "SelfAttentionMaps", Recording)
+    ours, _ = make_controls(cm, small_cldm)
+    ours.fusion = cm.FusionSettings("gate", 1.0)
+    out = run_control(with_hint(ours), latent(size=32))
+    shapes = [tuple(r.shape) for r in out["output"]]
+    # SD1.5's pattern at 1/10 width: 320 x3 | 320, 640 x2 | 640, 1280 x2 | 1280 x3 (64, 32, 16, 8)
+    assert shapes == ([(2, 32, 32, 32)] * 3 + [(2, 32, 16, 16)] + [(2, 64, 16, 16)] * 2
+                      + [(2, 64, 8, 8)] + [(2, 128, 8, 8)] * 2 + [(2, 128, 4, 4)] * 3)
+    assert [tuple(r.shape) for r in out["middle"]] == [(2, 128, 4, 4)]
+    # self-attention maps at every token grid: 2 layers at 32, 16, 8; the middle block at 4
+    assert recorded == [{(32, 32): 2, (16, 16): 2, (8, 8): 2, (4, 4): 1}]
+
+
+@pytest.mark.parametrize("fusion", ["tokens", "gate"])
+def test_fusion_refines_the_right_residuals_linearly_in_w(cm, small_cldm, fusion):
+    ours, _ = make_controls(cm, small_cldm)
+    x = latent()
+    plain = flat(run_control(with_hint(ours), x))
+    results = {}
+    for w in (1e-30, 0.5, 1.0):  # 1e-30: the SF path with (practically) no refinement
+        ours.fusion = cm.FusionSettings(fusion, w)
+        results[w] = flat(run_control(with_hint(ours), x))
+    for a, b in zip(results[1e-30], plain):  # the walker reproduces core's forward
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    changed = [not torch.allclose(a, b, atol=1e-4) for a, b in zip(results[1.0], plain)]
+    assert changed == ([False] * 12 + [True] if fusion == "tokens" else [True] * 13)
+    for half, zero, one in zip(results[0.5], results[1e-30], results[1.0]):  # the zero convs are affine
+        torch.testing.assert_close(half, (zero + one) / 2, rtol=1e-4, atol=1e-5)
+
+
+def test_lifecycle_copy_models_memory_cleanup(cm, small_cldm):
+    ours, core = make_controls(cm, small_cldm)
+    ours.fusion = cm.FusionSettings("gate", 1.0)
+    c = with_hint(ours).set_previous_controlnet(with_hint(core))
+    assert isinstance(c, cm.SesaHandControlNet) and c.fusion == ours.fusion
+    assert c.control_model_wrapped is ours.control_model_wrapped  # copies share the model
+    assert c.get_models() == [core.control_model_wrapped, ours.control_model_wrapped]
+    assert c.inference_memory_requirements(torch.float32) > 0
+    c.fusion = cm.FusionSettings("gate", 0.0)
+    assert c.inference_memory_requirements(torch.float32) == 0
+    run_control(c, latent())
+    assert c.cond_hint is None and c.model_sampling_current is None and c.timestep_range is None
+    assert c.previous_controlnet.cond_hint is None
+
+
+def test_stacks_with_core_apply_controlnet_both_ways(comfyui, cm, small_cldm):
+    import nodes as comfy_nodes
+
+    ours, core = make_controls(cm, small_cldm)
+    ours.fusion = cm.FusionSettings("tokens", 1.0)
+    g = torch.Generator().manual_seed(4)
+    image = torch.rand(1, 128, 128, 3, generator=g)
+    cond = [[torch.randn(1, 77, 768, generator=g), {}]]
+    apply = comfyui.node("SesaHandApplyHandControl")
+    x = latent()
+
+    def sesahand(pos, neg, strength):
+        return apply.execute(positive=pos, negative=neg, control_net=ours, image=image, strength=strength,
+                             start_percent=0.0, end_percent=1.0, fusion="from file", fusion_weight=1.0)
+
+    def core_apply(pos, neg, strength):
+        return comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, core, image, strength,
+                                                                      0.0, 1.0)
+
+    alone_ours = flat(run_control(sesahand(cond, cond, 0.7)[0][0][1]["control"], x))
+    alone_core = flat(run_control(core_apply(cond, cond, 0.4)[0][0][1]["control"], x))
+    for first, second in ((core_apply, sesahand), (sesahand, core_apply)):
+        positive, negative = second(*first(cond, cond, 0.4 if first is core_apply else 0.7),
+                                    0.7 if second is sesahand else 0.4)
+        top = positive[0][1]["control"]
+        assert negative[0][1]["control"] is top and top.previous_controlnet is not None
+        assert cond[0][1] == {}  # the input conditioning is not changed
+        for a, b, c in zip(flat(run_control(top, x)), alone_ours, alone_core):
+            torch.testing.assert_close(a, b + c, rtol=1e-5, atol=1e-6)
+
+
+def test_mask_timestep_range_and_resized_hint(cm, small_cldm, caplog):
+    ours, _ = make_controls(cm, small_cldm)
+    x = latent()
+    full = flat(run_control(with_hint(ours), x))
+    masked = with_hint(ours)
+    masked.mask = torch.zeros(1, 128, 128)
+    masked.mask[:, :64] = 1.0  # the top half
+    out = flat(run_control(masked, x))
+    for a, b in zip(out, full):
+        h = a.shape[-2]
+        torch.testing.assert_close(a[..., : h // 2, :], b[..., : h // 2, :])
+        assert a[..., h // 2:, :].abs().max() == 0
+    late = with_hint(ours, percent=(0.9, 1.0))  # sigma 5 is early in sampling: no control yet
+    assert run_control(late, x) is None
+    with caplog.at_level(logging.WARNING):
+        wide = flat(run_control(with_hint(ours, size=(96, 160)), x))
+    assert "no longer line up" in caplog.text and "Render Conditions" in caplog.text
+    assert [r.shape for r in wide] == [r.shape for r in full]
+
+
+def test_refuses_sdxl_models_and_prompts_naming_the_input(comfyui, cm, small_cldm):
+    import comfy.supported_models
+
+    ours, core = make_controls(cm, small_cldm)
+    sdxl = SimpleNamespace(model_config=comfy.supported_models.SDXL.__new__(comfy.supported_models.SDXL),
+                           model_sampling=sd15_model().model_sampling)
+    with pytest.raises(ValueError, match="sampled model is SDXL.*ckpt_name"):
+        with_hint(ours).pre_run(sdxl, sdxl.model_sampling.percent_to_sigma)
+    apply = comfyui.node("SesaHandApplyHandControl")
+    inputs = dict(control_net=ours, image=torch.rand(1, 64, 64, 3), strength=1.0, start_percent=0.0,
+                  end_percent=1.0, fusion="from file", fusion_weight=1.0)
+    sdxl_cond = [[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]]
+    sd15_cond = [[torch.zeros(1, 77, 768), {}]]
+    with pytest.raises(ValueError, match="positive: the prompt is encoded 2048 wide.*ckpt_name"):
+        apply.execute(positive=sdxl_cond, negative=sd15_cond, **inputs)
+    with pytest.raises(ValueError, match="control_net: got a ControlNet; connect SesaHand Load ControlNet"):
+        apply.execute(positive=sd15_cond, negative=sd15_cond, **{**inputs, "control_net": core})
+    with pytest.raises(ValueError, match="image has 4 channels"):
+        apply.execute(positive=sd15_cond, negative=sd15_cond, **{**inputs, "image": torch.rand(1, 8, 8, 4)})
+    unchanged = apply.execute(positive=sd15_cond, negative=sd15_cond, **{**inputs, "strength": 0.0})
+    assert unchanged[0] is sd15_cond and unchanged[1] is sd15_cond
+
+
+def test_sampling_with_the_control_leaves_the_model_alone(comfyui, tiny):
+    import nodes as comfy_nodes
+
+    model, clip, _ = comfy_nodes.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")
+    weights = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    options, patches = copy.deepcopy(model.model_options), dict(model.patches)
+    encode = comfy_nodes.CLIPTextEncode()
+    positive, negative = encode.encode(clip, "a hand")[0], encode.encode(clip, "")[0]
+    control = comfyui.node("SesaHandLoadControlNet").execute(control_net_name="hand_cn.safetensors")[0]
+    image = torch.zeros(1, 64, 64, 3)
+    image[:, 16:48, 24:40] = 1.0
+    positive_c, negative_c = comfyui.node("SesaHandApplyHandControl").execute(
+        positive=positive, negative=negative, control_net=control, image=image, strength=1.0,
+        start_percent=0.0, end_percent=1.0, fusion="from file", fusion_weight=1.0)
+    empty = {"samples": torch.zeros(1, 4, 8, 8)}
+
+    def sample(pos, neg):
+        return comfy_nodes.common_ksampler(model, 3, 2, 4.0, "euler", "normal", pos, neg, empty)[0]["samples"]
+
+    with_control, without = sample(positive_c, negative_c), sample(positive, negative)
+    assert torch.isfinite(with_control).all() and not torch.allclose(with_control, without)
+    assert model.model_options == options and model.patches == patches
+    assert all(torch.equal(v, weights[k]) for k, v in model.model.diffusion_model.state_dict().items())
+
+
+# --- the real server: Load Checkpoint -> SesaHand nodes -> KSampler -> VAE Decode -> Save Image
+
+def write_condition_png(folder: Path) -> str:
+    image = np.zeros((64, 64, 3), np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    image[(yy - 30) ** 2 + (xx - 35) ** 2 < 15 ** 2] = (255, 200, 150)  # a bright disc
+    image[20:50, 10:15] = (80, 160, 255)
+    Image.fromarray(image).save(folder / "condition.png")
+    return "condition.png"
+
+
+def workflow(seed: int, strength: float, fusion: str, prefix: str) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a person waving a hand"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "blurry"}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "condition.png"}},
+        "5": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "plain.safetensors"}},
+        "6": {"class_type": "ControlNetApplyAdvanced",
+              "inputs": {"positive": ["2", 0], "negative": ["3", 0], "control_net": ["5", 0], "image": ["4", 0],
+                         "strength": 0.5, "start_percent": 0.0, "end_percent": 1.0}},
+        "7": {"class_type": "SesaHandLoadControlNet", "inputs": {"control_net_name": "hand_cn.safetensors"}},
+        "8": {"class_type": "SesaHandApplyHandControl",
+              "inputs": {"positive": ["6", 0], "negative": ["6", 1], "control_net": ["7", 0], "image": ["4", 0],
+                         "strength": strength, "start_percent": 0.0, "end_percent": 1.0, "fusion": fusion,
+                         "fusion_weight": 1.0}},
+        "9": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "10": {"class_type": "KSampler",
+               "inputs": {"model": ["1", 0], "positive": ["8", 0], "negative": ["8", 1], "latent_image": ["9", 0],
+                          "seed": seed, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+                          "denoise": 1.0}},
+        "11": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["1", 2]}},
+        "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": prefix}},
+    }
+
+
+def test_server_runs_a_workflow_where_the_control_changes_the_image(comfyui, tiny, tmp_path):
+    served = load_local("test_server")
+    import subprocess
+
+    args = served.comfy_args(comfyui, tmp_path)
+    config_path = tmp_path / "extra_model_paths.yaml"
+    config = json.loads(config_path.read_text())
+    config["sesahand_tests"].update(checkpoints=str(tiny.checkpoints), controlnet=str(tiny.controlnet))
+    config["sesahand_tiny"] = {"sesahand": str(tiny.sesahand)}
+    config_path.write_text(json.dumps(config))
+    write_condition_png(tmp_path / "input")
+    port = served.free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "server.log", "w")
+    args += ["--listen", "127.0.0.1", "--port", str(port), "--use-pytorch-cross-attention"]
+    proc = subprocess.Popen(args, cwd=comfyui.path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-4000:]
+            try:
+                served.request(base + "/system_stats")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "ComfyUI did not start in 180 s"
+                time.sleep(0.5)
+
+        def run(strength, fusion, prefix):
+            prompt = workflow(11, strength, fusion, prefix)
+            status, body = served.request(base + "/prompt", {"prompt": prompt})
+            assert status == 200, body
+            prompt_id = body["prompt_id"]
+            deadline = time.monotonic() + 120
+            while True:
+                _, history = served.request(f"{base}/history/{prompt_id}")
+                if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+                    break
+                assert time.monotonic() < deadline, "the prompt did not finish in 120 s"
+                time.sleep(0.25)
+            entry = history[prompt_id]
+            assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-4000:]
+            saved = entry["outputs"]["12"]["images"][0]
+            path = tmp_path / "output" / saved["subfolder"] / saved["filename"]
+            return np.asarray(Image.open(path), dtype=np.float32) / 255
+
+        sf = run(1.0, "from file", "sf")
+        no_sesahand = run(0.0, "from file", "none")
+        sf_off = run(1.0, "off", "off")
+        server_log = (tmp_path / "server.log").read_text()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert "could not be applied" not in server_log  # a mis-sized control only logs this
+    for image in (sf, no_sesahand, sf_off):
+        assert image.shape == (64, 64, 3) and image.std() > 0.02  # not a constant (NaN) image
+    assert np.abs(sf - no_sesahand).mean() > 0.01  # the SesaHand control changed the image
+    assert np.abs(sf - sf_off).mean() > 0.002  # and so did its structural fusion
