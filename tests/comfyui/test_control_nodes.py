@@ -351,8 +351,10 @@ def write_condition_png(folder: Path) -> str:
     return "condition.png"
 
 
-def workflow(seed: int, strength: float, fusion: str, prefix: str) -> dict:
-    return {
+def workflow(seed: int, strength: float, fusion: str, prefix: str, hand_attention: bool = False) -> dict:
+    """With ``hand_attention`` the KSampler is the SesaHand Hand-Attention Sampler (alpha 2,
+    all layers: the tiny UNet has no cross-attention in its decoder)."""
+    graph = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a person waving a hand"}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "blurry"}},
@@ -374,6 +376,12 @@ def workflow(seed: int, strength: float, fusion: str, prefix: str) -> dict:
         "11": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["1", 2]}},
         "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": prefix}},
     }
+    if hand_attention:
+        graph["10"] = {"class_type": "SesaHandHandAttentionSampler",
+                       "inputs": {**graph["10"]["inputs"], "clip": ["1", 1], "prompt": "a person waving a hand",
+                                  "hand_terms": "", "alpha": 2.0, "layers": "all", "start_percent": 0.0,
+                                  "end_percent": 1.0}}
+    return graph
 
 
 def test_server_runs_a_workflow_where_the_control_changes_the_image(comfyui, tiny, tmp_path):
@@ -403,8 +411,8 @@ def test_server_runs_a_workflow_where_the_control_changes_the_image(comfyui, tin
                 assert time.monotonic() < deadline, "ComfyUI did not start in 180 s"
                 time.sleep(0.5)
 
-        def run(strength, fusion, prefix):
-            prompt = workflow(11, strength, fusion, prefix)
+        def run(strength, fusion, prefix, hand_attention=False):
+            prompt = workflow(11, strength, fusion, prefix, hand_attention)
             status, body = served.request(base + "/prompt", {"prompt": prompt})
             assert status == 200, body
             prompt_id = body["prompt_id"]
@@ -424,6 +432,7 @@ def test_server_runs_a_workflow_where_the_control_changes_the_image(comfyui, tin
         sf = run(1.0, "from file", "sf")
         no_sesahand = run(0.0, "from file", "none")
         sf_off = run(1.0, "off", "off")
+        sf_ae = run(1.0, "from file", "sf_ae", hand_attention=True)  # both SesaHand components
         server_log = (tmp_path / "server.log").read_text()
     finally:
         proc.terminate()
@@ -434,7 +443,8 @@ def test_server_runs_a_workflow_where_the_control_changes_the_image(comfyui, tin
             proc.wait()
         log.close()
     assert "could not be applied" not in server_log  # a mis-sized control only logs this
-    for image in (sf, no_sesahand, sf_off):
+    for image in (sf, no_sesahand, sf_off, sf_ae):
         assert image.shape == (64, 64, 3) and image.std() > 0.02  # not a constant (NaN) image
+    assert np.abs(sf_ae - sf).mean() > 0.002  # the hand-attention bias changed the image too
     assert np.abs(sf - no_sesahand).mean() > 0.01  # the SesaHand control changed the image
     assert np.abs(sf - sf_off).mean() > 0.002  # and so did its structural fusion
