@@ -1,7 +1,11 @@
-"""Structural fusion (SF): ControlNet step time and peak memory against the plain ControlNet.
+"""Structural fusion (SF): ControlNet step time and peak memory against the plain ControlNet;
+then the hand-attention (AE) / plain UNet step ratio, so one run prints every figure.
 
 Usage:
-    python benchmarks/bench_control.py [--rounds N]
+    python benchmarks/bench_control.py [--rounds N] [--no-ae]
+
+The AE part runs ``benchmarks/bench_attention.py`` in a subprocess (its own ComfyUI
+attention settings) and prints its output; see that file for its method.
 
 Needs ComfyUI core (``$COMFYUI_PATH``, default ``~/ComfyUI``); runs on the CPU.
 
@@ -154,6 +158,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
+    parser.add_argument("--no-ae", action="store_true", help="skip the AE / plain UNet part")
     opts = parser.parse_args()
     if opts.memory_child:
         memory_child(opts.memory_child, opts.size)
@@ -187,6 +192,10 @@ def main() -> None:
             s = mem[sf]
             print(f"  ratio {sf} / plain/{attention}: total {s['peak'] / b['peak']:.3f}, above "
                   f"weights {(s['peak'] - s['before']) / (b['peak'] - b['before']):.3f}  target <= 1.2")
+
+    if not opts.no_ae:
+        print("\nhand attention (AE) / plain UNet, 32x32 latent (benchmarks/bench_attention.py):", flush=True)
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_attention.py")], check=True)
 
 
 if __name__ == "__main__":
