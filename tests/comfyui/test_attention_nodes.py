@@ -13,8 +13,6 @@ import importlib
 import importlib.util
 import json
 import logging
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -417,35 +415,13 @@ def test_server_runs_the_attention_workflow(comfyui, checkpoints, tmp_path):
     config = json.loads(config_path.read_text())
     config["sesahand_tests"]["checkpoints"] = str(checkpoints)
     config_path.write_text(json.dumps(config))
-    port = served.free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(args + ["--listen", "127.0.0.1", "--port", str(port)],
-                            cwd=comfyui.path, stdout=log, stderr=subprocess.STDOUT)
 
     def run(graph) -> dict:
         status, body = served.request(base + "/prompt", {"prompt": graph})
         assert status == 200, body
-        prompt_id = body["prompt_id"]
-        deadline = time.monotonic() + 180
-        while True:
-            _, history = served.request(f"{base}/history/{prompt_id}")
-            if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
-                return history[prompt_id]
-            assert time.monotonic() < deadline, "the prompt did not finish in 180 s"
-            time.sleep(0.25)
+        return served.wait_for_prompt(base, body["prompt_id"])
 
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-4000:]
-            try:
-                served.request(base + "/system_stats")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "ComfyUI did not start in 180 s"
-                time.sleep(0.5)
-
+    with served.running_server(comfyui, args, tmp_path) as base:
         status, info = served.request(base + "/object_info")
         assert status == 200 and set(NODE_IDS) <= set(info)
 
@@ -468,14 +444,6 @@ def test_server_runs_the_attention_workflow(comfyui, checkpoints, tmp_path):
         failed = run(attention_workflow(4, 2.0, "decoder"))
         assert failed["status"]["status_str"] == "error"
         assert "set layers to 'all'" in json.dumps(failed["status"]["messages"])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
     for image in images.values():
         assert image.shape == (64, 64, 3) and image.std() > 0.02  # not a constant (NaN) image
     assert np.array_equal(images["sampler"], images["patched"])  # both nodes bias alike

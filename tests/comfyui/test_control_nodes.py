@@ -10,7 +10,6 @@ import copy
 import importlib
 import json
 import logging
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -386,8 +385,6 @@ def workflow(seed: int, strength: float, fusion: str, prefix: str, hand_attentio
 
 def test_server_runs_a_workflow_where_the_control_changes_the_image(comfyui, tiny, tmp_path):
     served = load_local("test_server")
-    import subprocess
-
     args = served.comfy_args(comfyui, tmp_path)
     config_path = tmp_path / "extra_model_paths.yaml"
     config = json.loads(config_path.read_text())
@@ -395,35 +392,13 @@ def test_server_runs_a_workflow_where_the_control_changes_the_image(comfyui, tin
     config["sesahand_tiny"] = {"sesahand": str(tiny.sesahand)}
     config_path.write_text(json.dumps(config))
     write_condition_png(tmp_path / "input")
-    port = served.free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "server.log", "w")
-    args += ["--listen", "127.0.0.1", "--port", str(port), "--use-pytorch-cross-attention"]
-    proc = subprocess.Popen(args, cwd=comfyui.path, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-4000:]
-            try:
-                served.request(base + "/system_stats")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "ComfyUI did not start in 180 s"
-                time.sleep(0.5)
-
+    args.append("--use-pytorch-cross-attention")
+    with served.running_server(comfyui, args, tmp_path) as base:
         def run(strength, fusion, prefix, hand_attention=False):
             prompt = workflow(11, strength, fusion, prefix, hand_attention)
             status, body = served.request(base + "/prompt", {"prompt": prompt})
             assert status == 200, body
-            prompt_id = body["prompt_id"]
-            deadline = time.monotonic() + 120
-            while True:
-                _, history = served.request(f"{base}/history/{prompt_id}")
-                if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
-                    break
-                assert time.monotonic() < deadline, "the prompt did not finish in 120 s"
-                time.sleep(0.25)
-            entry = history[prompt_id]
+            entry = served.wait_for_prompt(base, body["prompt_id"], timeout=120)
             assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-4000:]
             saved = entry["outputs"]["12"]["images"][0]
             path = tmp_path / "output" / saved["subfolder"] / saved["filename"]
@@ -434,14 +409,6 @@ def test_server_runs_a_workflow_where_the_control_changes_the_image(comfyui, tin
         sf_off = run(1.0, "off", "off")
         sf_ae = run(1.0, "from file", "sf_ae", hand_attention=True)  # both SesaHand components
         server_log = (tmp_path / "server.log").read_text()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
     assert "could not be applied" not in server_log  # a mis-sized control only logs this
     for image in (sf, no_sesahand, sf_off, sf_ae):
         assert image.shape == (64, 64, 3) and image.std() > 0.02  # not a constant (NaN) image

@@ -7,17 +7,15 @@ each job (one 128 x 96 frame) takes well under a second once the hand model is l
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
-import urllib.error
 
 import pytest
 import requests
 
 from sesahand.cli import main
 from sesahand.queue import Manifest, run_queue
-from tests.comfyui.test_server import comfy_args, free_port, request
+from tests.comfyui.test_server import comfy_args, request, running_server
 
 pytestmark = pytest.mark.comfyui
 
@@ -26,31 +24,8 @@ pytestmark = pytest.mark.comfyui
 def server(comfyui, tmp_path_factory):
     """A headless ComfyUI for the whole module; yields its base URL."""
     root = tmp_path_factory.mktemp("queue_server")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(comfy_args(comfyui, root) + ["--listen", "127.0.0.1", "--port", str(port)],
-                            cwd=comfyui.path, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail("ComfyUI exited during startup:\n" + (root / "server.log").read_text()[-4000:])
-            try:
-                request(base + "/system_stats")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline, "ComfyUI did not start in 180 s"
-                time.sleep(0.5)
+    with running_server(comfyui, comfy_args(comfyui, root), root) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def node(node_id, kind, widgets, inputs=(), outputs=(), mode=0):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+from contextlib import contextmanager
 import urllib.request
 from pathlib import Path
 
@@ -63,27 +64,27 @@ def request(url: str, payload: dict | None = None) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-@pytest.fixture
-def server(comfyui, tmp_path):
-    """A headless ComfyUI on a free loopback port; yields (base URL, output folder)."""
+@contextmanager
+def running_server(comfyui, args: list[str], root: Path):
+    """Run ComfyUI with ``args`` (from :func:`comfy_args`) on a free loopback port, logging to
+    ``root/server.log``; yields the base URL once it answers, and stops it on leaving."""
     port = free_port()
-    log = open(tmp_path / "server.log", "w")
-    command = comfy_args(comfyui, tmp_path) + ["--listen", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(command, cwd=comfyui.path, stdout=log, stderr=subprocess.STDOUT)
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(args + ["--listen", "127.0.0.1", "--port", str(port)], cwd=comfyui.path,
+                            stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while True:
             if proc.poll() is not None:
-                log_text = (tmp_path / "server.log").read_text()
-                pytest.fail("ComfyUI exited during startup:\n" + log_text[-4000:])
+                pytest.fail("ComfyUI exited during startup:\n" + (root / "server.log").read_text()[-4000:])
             try:
                 request(base + "/system_stats")
                 break
             except (urllib.error.URLError, ConnectionError):
                 assert time.monotonic() < deadline, "ComfyUI did not start in 180 s"
                 time.sleep(0.5)
-        yield base, tmp_path / "output"
+        yield base
     finally:
         proc.terminate()
         try:
@@ -92,6 +93,24 @@ def server(comfyui, tmp_path):
             proc.kill()
             proc.wait()
         log.close()
+
+
+def wait_for_prompt(base: str, prompt_id: str, timeout: float = 180) -> dict:
+    """Poll ``/history`` until the prompt has completed; returns its history entry."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, history = request(f"{base}/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+            return history[prompt_id]
+        assert time.monotonic() < deadline, f"the prompt did not finish in {timeout:.0f} s"
+        time.sleep(0.25)
+
+
+@pytest.fixture
+def server(comfyui, tmp_path):
+    """A headless ComfyUI on a free loopback port; yields (base URL, output folder)."""
+    with running_server(comfyui, comfy_args(comfyui, tmp_path), tmp_path) as base:
+        yield base, tmp_path / "output"
 
 
 def graph(width: int = 128, height: int = 96) -> dict:
