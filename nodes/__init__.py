@@ -15,6 +15,7 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
+from . import alignment, dataset, semantics
 from .attention import SesaHandHandAttention, SesaHandHandAttentionSampler
 from .control import SesaHandApplyHandControl, SesaHandLoadControlNet
 from .hands import SesaHandHandModel, SesaHandHandPose
@@ -48,4 +49,5 @@ class SesaHandExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [SesaHandHandModel, SesaHandHandPose, SesaHandRenderConditions, SesaHandExportMesh,
                 SesaHandHandAttention, SesaHandHandAttentionSampler,
-                SesaHandLoadControlNet, SesaHandApplyHandControl]
+                SesaHandLoadControlNet, SesaHandApplyHandControl,
+                *semantics.NODES, *dataset.NODES, *alignment.NODES]

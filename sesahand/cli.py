@@ -9,11 +9,16 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 from pathlib import Path
 
 log = logging.getLogger("sesahand")
+
+#: Modules adding more commands: each has ``register(subparsers)``, which imports nothing heavy
+#: (the command's own function imports what it needs when it runs).
+COMMAND_MODULES = (".semantics.commands", ".data.commands", ".eval.commands", ".train.commands")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -134,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra attempts after an execution or connection error (default 2); "
                         "validation errors are never retried")
     q.set_defaults(func=cmd_queue)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name, __package__).register(sub)
     return parser
 
 

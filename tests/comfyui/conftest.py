@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,22 @@ def link_pack(folder: Path) -> Path:
     link = folder / PACK_NAME
     link.symlink_to(REPO, target_is_directory=True)
     return link
+
+
+def _load_module(relative: str):
+    """A helper module of this repository by path (``tools/tiny_sd15.py``, a test module);
+    tests are imported without packages, so they cannot import each other."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(f"sesahand_local_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_local():
+    """``load_local("tools/tiny_sd15.py")``: a repository module loaded by path."""
+    return _load_module
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,8 @@ naming the input to change.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +20,6 @@ from PIL import Image
 
 pytestmark = pytest.mark.comfyui
 
-HERE = Path(__file__).resolve().parent
 
 NODE_IDS = ("SesaHandHandAttention", "SesaHandHandAttentionSampler")
 PROMPT = "a person sitting at a table, holding a cup with one hand, smiling"
@@ -356,14 +353,6 @@ def test_prompt_must_be_the_encoded_text(comfyui, tiny_model, clip):
 
 # --- the real server: Load Checkpoint -> SesaHand attention nodes -> VAE Decode -> Save Image
 
-def load_local(name: str):
-    """A helper module of this folder, by path (tests are imported without packages)."""
-    spec = importlib.util.spec_from_file_location(f"sesahand_test_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def attention_workflow(seed: int, alpha: float, layers: str) -> dict:
     """One shared prompt text into CLIP Text Encode and both SesaHand nodes; three images:
     the Hand-Attention Sampler, Hand Attention + core KSampler, and plain core KSampler."""
@@ -400,16 +389,16 @@ def attention_workflow(seed: int, alpha: float, layers: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(comfyui, tmp_path_factory):
+def checkpoints(comfyui, load_local, tmp_path_factory):
     """A folder holding the tiny random SD1.5 checkpoint (``tiny_sd15.safetensors``); its UNet
     has cross-attention in input block 1 and the middle block only."""
     folder = tmp_path_factory.mktemp("attention_checkpoints")
-    load_local("tiny_sd15").build_checkpoint(folder / "tiny_sd15.safetensors")
+    load_local("tools/tiny_sd15.py").build_checkpoint(folder / "tiny_sd15.safetensors")
     return folder
 
 
-def test_server_runs_the_attention_workflow(comfyui, checkpoints, tmp_path):
-    served = load_local("test_server")
+def test_server_runs_the_attention_workflow(comfyui, load_local, checkpoints, tmp_path):
+    served = load_local("tests/comfyui/test_server.py")
     args = served.comfy_args(comfyui, tmp_path)
     config_path = tmp_path / "extra_model_paths.yaml"
     config = json.loads(config_path.read_text())

@@ -1,7 +1,7 @@
 """SesaHand ControlNet in a real ComfyUI (CPU): loader, structural-fusion forward, ControlBase
 lifecycle, Apply node, sampling, and a /prompt run through the server.
 
-Models are tiny random-weight SD1.5-format files built once per session (``tiny_sd15``).
+Models are tiny random-weight SD1.5-format files built once per session (``tools/tiny_sd15.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from safetensors.torch import save_file
 
 pytestmark = pytest.mark.comfyui
 
-HERE = Path(__file__).resolve().parent
 NODE_IDS = ("SesaHandLoadControlNet", "SesaHandApplyHandControl")
 SESAHAND_METADATA = {"sesahand.fusion": "tokens", "sesahand.w": "1.0", "sesahand.alpha": "2.5",
                      "sesahand.render_style": "mesh"}
@@ -30,18 +29,10 @@ SD15_SHAPE = {"model_channels": 32, "channel_mult": [1, 2, 4, 4], "num_res_block
               "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1}
 
 
-def load_local(name: str):
-    """A helper module of this folder, by path (tests are imported without packages)."""
-    spec = importlib.util.spec_from_file_location(f"sesahand_test_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def tiny(comfyui, tmp_path_factory):
+def tiny(comfyui, load_local, tmp_path_factory):
     """Tiny SD1.5 files in fresh checkpoints / controlnet / sesahand folders known to ComfyUI."""
-    builder = load_local("tiny_sd15")
+    builder = load_local("tools/tiny_sd15.py")
     root = tmp_path_factory.mktemp("tiny_sd15")
     folders = {name: root / name for name in ("checkpoints", "controlnet", "sesahand")}
     for name, folder in folders.items():
@@ -383,8 +374,8 @@ def workflow(seed: int, strength: float, fusion: str, prefix: str, hand_attentio
     return graph
 
 
-def test_server_runs_a_workflow_where_the_control_changes_the_image(comfyui, tiny, tmp_path):
-    served = load_local("test_server")
+def test_server_runs_a_workflow_where_the_control_changes_the_image(comfyui, load_local, tiny, tmp_path):
+    served = load_local("tests/comfyui/test_server.py")
     args = served.comfy_args(comfyui, tmp_path)
     config_path = tmp_path / "extra_model_paths.yaml"
     config = json.loads(config_path.read_text())

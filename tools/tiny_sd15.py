@@ -1,6 +1,6 @@
-"""Tiny random-weight SD1.5-format files for the real-ComfyUI tier (no downloads).
+"""Tiny random-weight SD1.5-format files for the real-ComfyUI tests and `make demo` (no downloads).
 
-Needs ComfyUI importable (the ``comfyui`` fixture puts it on ``sys.path``); the diffusers
+Needs ComfyUI importable (its folder on ``sys.path``); the diffusers
 variant needs the ``diffusers`` package. Shapes follow COMFYUI.md, "Test checkpoints":
 
 * :func:`build_checkpoint`: one file in the original SD1.5 layout that core
