@@ -20,9 +20,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from tools.comfy_server import link_pack
+
 REPO = Path(__file__).resolve().parents[2]
 COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH", "~/ComfyUI")).expanduser().resolve()
-PACK_NAME = "comfyui-sesahand"
 
 
 def shared_cache_dir() -> Path:
@@ -30,14 +31,6 @@ def shared_cache_dir() -> Path:
     from sesahand.hands.anny_model import default_cache_dir
 
     return default_cache_dir()
-
-
-def link_pack(folder: Path) -> Path:
-    """Make ``folder/comfyui-sesahand`` a link to this repository; returns the link."""
-    folder.mkdir(parents=True, exist_ok=True)
-    link = folder / PACK_NAME
-    link.symlink_to(REPO, target_is_directory=True)
-    return link
 
 
 def _load_module(relative: str):
@@ -63,7 +56,7 @@ def comfyui(tmp_path_factory):
     Returns a namespace: ``node(node_id)`` gives a loaded node class, ``pack_module`` is the
     pack as ComfyUI imported it, ``folder_paths`` is ComfyUI's module, ``output_dir`` and
     ``mano_dir`` are temporary folders, ``path`` is ComfyUI's folder, ``cache_dir`` the shared
-    SesaHand cache, ``link_pack`` the helper above.
+    SesaHand cache, ``link_pack`` (tools/comfy_server.py).
     """
     if not (COMFYUI_PATH / "main.py").is_file():
         pytest.skip(f"no ComfyUI at {COMFYUI_PATH}: export ComfyUI 0.3.64 there or set COMFYUI_PATH")

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
-from contextlib import contextmanager
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tools import comfy_server
+from tools.comfy_server import comfy_command
 
 pytestmark = pytest.mark.comfyui
 
@@ -20,20 +21,9 @@ NODE_IDS = ("SesaHandHandModel", "SesaHandHandPose", "SesaHandRenderConditions",
 
 
 def comfy_args(comfyui, root: Path) -> list[str]:
-    """Command-line options that keep ComfyUI's state under ``root`` with this pack loaded."""
-    link = comfyui.link_pack(root / "custom_nodes")
-    for name in ("output", "input", "temp", "user"):
-        (root / name).mkdir()
-    config = root / "extra_model_paths.yaml"
-    config.write_text(json.dumps({"sesahand_tests": {
-        "custom_nodes": str(link.parent), "sesahand": str(comfyui.cache_dir), "is_default": True,
-    }}))  # JSON is YAML
-    return [
-        sys.executable, "main.py", "--cpu", "--disable-auto-launch", "--disable-api-nodes",
-        "--database-url", "sqlite:///:memory:", "--extra-model-paths-config", str(config),
-        "--output-directory", str(root / "output"), "--input-directory", str(root / "input"),
-        "--temp-directory", str(root / "temp"), "--user-directory", str(root / "user"),
-    ]
+    """Command-line options that keep ComfyUI's state under ``root`` with this pack loaded
+    (the shared SesaHand cache as the ``sesahand`` model folder)."""
+    return comfy_command(root, {"sesahand": comfyui.cache_dir})
 
 
 def test_quick_test_for_ci_loads_the_pack(comfyui, tmp_path):
@@ -45,12 +35,6 @@ def test_quick_test_for_ci_loads_the_pack(comfyui, tmp_path):
                   if line.rstrip().endswith("custom_nodes/comfyui-sesahand")]
     assert pack_lines, "the pack is missing from ComfyUI's import times:\n" + log[-4000:]
     assert not any("IMPORT FAILED" in line for line in pack_lines), log[-4000:]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(url: str, payload: dict | None = None) -> tuple[int, dict]:
@@ -68,31 +52,11 @@ def request(url: str, payload: dict | None = None) -> tuple[int, dict]:
 def running_server(comfyui, args: list[str], root: Path):
     """Run ComfyUI with ``args`` (from :func:`comfy_args`) on a free loopback port, logging to
     ``root/server.log``; yields the base URL once it answers, and stops it on leaving."""
-    port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(args + ["--listen", "127.0.0.1", "--port", str(port)], cwd=comfyui.path,
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail("ComfyUI exited during startup:\n" + (root / "server.log").read_text()[-4000:])
-            try:
-                request(base + "/system_stats")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline, "ComfyUI did not start in 180 s"
-                time.sleep(0.5)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        with comfy_server.running_server(comfyui.path, args, root) as (base, _):
+            yield base
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def wait_for_prompt(base: str, prompt_id: str, timeout: float = 180) -> dict:
