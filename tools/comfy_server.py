@@ -10,6 +10,7 @@ loopback port and is stopped when the context ends, also on an error or Ctrl-C.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -64,11 +65,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(comfyui_path: Path, command: list[str], root: Path,
-                   startup_timeout: float = 180) -> Iterator[tuple[str, subprocess.Popen]]:
+def running_server(comfyui_path: Path, command: list[str], root: Path, startup_timeout: float = 180,
+                   env: Mapping[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """Start ``command`` (from :func:`comfy_command`) in ``comfyui_path`` on a free loopback port,
     logging to ``root/server.log``; yields ``(base URL, process)`` once ``/system_stats`` answers
-    and stops the server (terminate, then kill after 30 s) when the context ends.
+    and stops the server (terminate, then kill after 30 s) when the context ends. ``env``: extra
+    environment variables of the server.
 
     Raises:
         RuntimeError: the server exited or did not answer within ``startup_timeout`` seconds
@@ -78,7 +80,7 @@ def running_server(comfyui_path: Path, command: list[str], root: Path,
     log_path = root / "server.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command + ["--listen", "127.0.0.1", "--port", str(port)], cwd=comfyui_path,
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + startup_timeout

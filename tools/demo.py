@@ -1,0 +1,235 @@
+"""`make demo`: the main job end to end in a real ComfyUI.
+
+Finds ComfyUI (``--comfyui``, else ``$COMFYUI_PATH``, else ``~/ComfyUI``; with
+``--fetch-comfyui`` it clones the pinned release when it is absent and the network allows),
+starts it headless on a free loopback port with this pack loaded, queues
+``workflows/sesahand_generate.json`` and writes into ``--out`` (default ``./demo_out``):
+
+* ``image.png``: the generated picture;
+* ``maps/{mesh,depth,normal,pose}.png``: the condition maps it was made from (the workflow's
+  previews);
+* ``labels.jsonl``, ``images/``, ``conditions/``: the labelled dataset sample written by the
+  workflow's SesaHand Save Dataset Sample node (see the README's dataset format).
+
+Models: ``$SESAHAND_CHECKPOINT`` (an SD1.5 checkpoint file) and ``$SESAHAND_CONTROLNET`` (a
+SesaHand or other SD1.5 ControlNet file). Without a checkpoint the demo builds a tiny
+random-weight SD1.5-format checkpoint and ControlNet (``tools/tiny_sd15.py``): the picture is
+noise by design, the run checks the pipeline, not the weights. A real checkpoint without a
+ControlNet runs without the control (the Apply Hand Control node is left out).
+
+The server is stopped at the end, also on failure or Ctrl-C; its state lives in a temporary
+folder that is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from tqdm import tqdm
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from sesahand.queue import ComfyClient, PromptRejected, TransportError, history_outcome, ui_to_api  # noqa: E402
+from tools.comfy_server import comfy_command, running_server  # noqa: E402
+
+COMFYUI_RELEASE = "v0.3.64"
+COMFYUI_GIT = "https://github.com/Comfy-Org/ComfyUI.git"
+WORKFLOW = REPO / "workflows" / "sesahand_generate.json"
+TINY_CHECKPOINT = "sesahand_tiny_random_sd15.safetensors"
+TINY_CONTROLNET = "sesahand_tiny_random_controlnet.safetensors"
+DATASET = "sesahand_demo"
+FILES = "sesahand_demo_files"
+PROVIDE_COMFYUI = (
+    "Provide ComfyUI {release} in one of these ways, then run `make demo` again:\n"
+    "  git clone --depth 1 --branch {release} {git} ~/ComfyUI\n"
+    "  or set COMFYUI_PATH=/path/to/ComfyUI (a folder with main.py), e.g. `make demo COMFYUI_PATH=...`."
+)
+
+
+class DemoError(Exception):
+    """A problem the user can fix; the message says how."""
+
+
+def comfyui_folder(path: str | None) -> Path:
+    """``--comfyui``, else ``$COMFYUI_PATH``, else ``~/ComfyUI``."""
+    return Path(path or os.environ.get("COMFYUI_PATH") or "~/ComfyUI").expanduser().resolve()
+
+
+def fetch_comfyui(folder: Path) -> None:
+    """Clone the pinned ComfyUI release into ``folder`` when it has no ComfyUI yet.
+
+    Raises:
+        DemoError: the clone failed (no network, no git); the message says how to provide one.
+    """
+    if (folder / "main.py").is_file():
+        return
+    help_text = PROVIDE_COMFYUI.format(release=COMFYUI_RELEASE, git=COMFYUI_GIT)
+    if folder.exists() and any(folder.iterdir()):
+        raise DemoError(f"{folder} exists but holds no ComfyUI (no main.py).\n{help_text}")
+    if shutil.which("git") is None:
+        raise DemoError(f"no ComfyUI at {folder} and no git to clone it.\n{help_text}")
+    print(f"No ComfyUI at {folder}: cloning {COMFYUI_RELEASE} from {COMFYUI_GIT} ...", flush=True)
+    try:
+        subprocess.run(["git", "clone", "--quiet", "--depth", "1", "--branch", COMFYUI_RELEASE, COMFYUI_GIT,
+                        str(folder)], check=True, timeout=600,
+                       env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise DemoError(f"could not clone ComfyUI ({exc}); the network may not reach GitHub.\n{help_text}") from None
+
+
+def model_file(variable: str, suffixes=(".safetensors", ".ckpt", ".pt", ".pth")) -> Path | None:
+    """The model file named by the environment variable ``variable``, checked; None if unset."""
+    value = os.environ.get(variable)
+    if not value:
+        return None
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        raise DemoError(f"{variable}={value}: no such file (give the path of the model file)")
+    if path.suffix.lower() not in suffixes:
+        raise DemoError(f"{variable}={value}: expected a {' / '.join(suffixes)} file")
+    return path
+
+
+def tiny_models(comfyui: Path, folder: Path) -> tuple[Path, Path]:
+    """Build the tiny random SD1.5-format checkpoint and ControlNet into ``folder``."""
+    sys.path.insert(0, str(comfyui))
+    from comfy.cli_args import args
+
+    args.cpu = True  # before any other comfy import
+    from tools import tiny_sd15
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return (tiny_sd15.build_checkpoint(folder / TINY_CHECKPOINT),
+            tiny_sd15.build_controlnet(folder / TINY_CONTROLNET))
+
+
+def demo_prompt(workflow: dict, object_info: dict, checkpoint: str, controlnet: str | None) -> dict:
+    """The API prompt of the demo: the shipped workflow with the demo's models, the condition
+    previews saved, and the outputs under ``sesahand_demo/``.
+
+    Raises:
+        DemoError: the workflow lacks a node the demo needs.
+    """
+    prompt = ui_to_api(workflow, object_info)
+    by_type: dict[str, list[str]] = {}
+    for node_id, node in prompt.items():
+        by_type.setdefault(node["class_type"], []).append(node_id)
+    for needed in ("CheckpointLoaderSimple", "SesaHandRenderConditions", "SesaHandApplyHandControl",
+                   "SesaHandLoadControlNet", "SaveImage", "SesaHandSaveDatasetSample"):
+        if needed not in by_type:
+            raise DemoError(f"{WORKFLOW.name} has no {needed} node; rebuild it with tools/build_workflows.py")
+    prompt[by_type["CheckpointLoaderSimple"][0]]["inputs"]["ckpt_name"] = checkpoint
+    for node_id in by_type["SaveImage"]:
+        prompt[node_id]["inputs"]["filename_prefix"] = f"{FILES}/image"
+    render_id = by_type["SesaHandRenderConditions"][0]
+    outputs = [o.lower() for o in object_info["SesaHandRenderConditions"]["output_name"]]
+    for node_id in by_type.get("PreviewImage", []):
+        source = prompt[node_id]["inputs"]["images"]
+        name = outputs[source[1]] if source[0] == render_id else f"preview_{node_id}"
+        prompt[node_id] = {"class_type": "SaveImage",
+                           "inputs": {"images": source, "filename_prefix": f"{FILES}/maps/{name}"}}
+    for node_id in by_type["SesaHandSaveDatasetSample"]:
+        prompt[node_id]["inputs"]["dataset"] = DATASET
+    apply_id = by_type["SesaHandApplyHandControl"][0]
+    if controlnet is not None:
+        prompt[by_type["SesaHandLoadControlNet"][0]]["inputs"]["control_net_name"] = controlnet
+        return prompt
+    # No ControlNet: take Apply Hand Control out, its consumers read its conditioning inputs.
+    apply_inputs = prompt.pop(apply_id)["inputs"]
+    prompt.pop(by_type["SesaHandLoadControlNet"][0])
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and value[0] == apply_id:
+                node["inputs"][name] = apply_inputs[("positive", "negative")[value[1]]]
+    return prompt
+
+
+def run_demo(comfyui: Path, out: Path) -> None:
+    """Start the server, queue the demo prompt, copy the results into ``out``."""
+    import json
+
+    if not (comfyui / "main.py").is_file():
+        raise DemoError(f"no ComfyUI at {comfyui}.\n"
+                        + PROVIDE_COMFYUI.format(release=COMFYUI_RELEASE, git=COMFYUI_GIT))
+    checkpoint = model_file("SESAHAND_CHECKPOINT")
+    controlnet = model_file("SESAHAND_CONTROLNET")
+    from sesahand.hands.anny_model import default_cache_dir
+
+    with tempfile.TemporaryDirectory(prefix="sesahand-demo-") as work:
+        work = Path(work)
+        if checkpoint is None:
+            print("No SESAHAND_CHECKPOINT given: building a tiny random-weight SD1.5-format checkpoint and "
+                  "ControlNet. The picture will be NOISE BY DESIGN: this run checks the pipeline, not the "
+                  "weights. Set SESAHAND_CHECKPOINT (and SESAHAND_CONTROLNET) for a real picture.", flush=True)
+            checkpoint, controlnet = tiny_models(comfyui, work / "models")
+        elif controlnet is None:
+            print("No SESAHAND_CONTROLNET given: running without the hand control.", flush=True)
+        folders = {"checkpoints": checkpoint.parent, "sesahand": default_cache_dir()}
+        if controlnet is not None:
+            folders["controlnet"] = controlnet.parent
+        command = comfy_command(work / "comfyui", folders)
+        print(f"Starting ComfyUI from {comfyui} (log: {work / 'comfyui' / 'server.log'}) ...", flush=True)
+        with running_server(comfyui, command, work / "comfyui") as (base, _):
+            client = ComfyClient(base)
+            try:
+                prompt = demo_prompt(json.loads(WORKFLOW.read_text()), client.object_info(), checkpoint.name,
+                                     controlnet.name if controlnet is not None else None)
+                prompt_id = uuid.uuid4().hex
+                client.submit(prompt, prompt_id)
+                with tqdm(desc="sesahand_generate", unit="step") as bar:
+                    def progress(node, value, maximum):
+                        if value is not None and maximum:
+                            bar.total = maximum
+                            bar.n = value
+                            bar.set_postfix_str(f"node {node}", refresh=True)
+                    entry = client.wait(prompt_id, progress)
+            finally:
+                client.close()
+            status, error = history_outcome(entry)
+            if status != "success":
+                raise DemoError(f"the workflow failed in ComfyUI: {error}\n(server log: see above)")
+            output = work / "comfyui" / "output"
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(min((output / FILES).glob("image_*.png")), out / "image.png")
+            (out / "maps").mkdir(exist_ok=True)
+            for source in sorted((output / FILES / "maps").glob("*.png")):  # SaveImage: NAME_00001_.png
+                shutil.copyfile(source, out / "maps" / (source.name.rsplit("_", 2)[0] + ".png"))
+            shutil.copytree(output / DATASET, out, dirs_exist_ok=True)
+    print(f"Done: {out}/image.png, {out}/maps/ (condition maps), {out}/labels.jsonl + images/ + conditions/ "
+          "(the dataset sample)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH, else ~/ComfyUI)")
+    parser.add_argument("--out", default="demo_out", help="output folder (default ./demo_out)")
+    parser.add_argument("--fetch-comfyui", action="store_true",
+                        help=f"only make sure ComfyUI is there (clone {COMFYUI_RELEASE} if absent) and exit")
+    args = parser.parse_args(argv)
+    folder = comfyui_folder(args.comfyui)
+    try:
+        if args.fetch_comfyui:
+            fetch_comfyui(folder)
+        else:
+            run_demo(folder, Path(args.out))
+    except (DemoError, PromptRejected, TransportError, RuntimeError) as exc:
+        print(f"make demo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("make demo: interrupted; the ComfyUI server was stopped.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
