@@ -113,9 +113,11 @@ def tiny_models(comfyui: Path, folder: Path) -> tuple[Path, Path]:
             tiny_sd15.build_controlnet(folder / TINY_CONTROLNET))
 
 
-def demo_prompt(workflow: dict, object_info: dict, checkpoint: str, controlnet: str | None) -> dict:
+def demo_prompt(workflow: dict, object_info: dict, checkpoint: str, controlnet: str | None, tiny: bool) -> dict:
     """The API prompt of the demo: the shipped workflow with the demo's models, the condition
-    previews saved, and the outputs under ``sesahand_demo/``.
+    previews saved, and the outputs under ``sesahand_demo/``. ``tiny``: the tiny random
+    checkpoint, whose one-level UNet has cross-attention only in its encoder and middle block
+    (hand attention goes on all layers).
 
     Raises:
         DemoError: the workflow lacks a node the demo needs.
@@ -129,6 +131,9 @@ def demo_prompt(workflow: dict, object_info: dict, checkpoint: str, controlnet: 
         if needed not in by_type:
             raise DemoError(f"{WORKFLOW.name} has no {needed} node; rebuild it with tools/build_workflows.py")
     prompt[by_type["CheckpointLoaderSimple"][0]]["inputs"]["ckpt_name"] = checkpoint
+    if tiny:
+        for node_id in by_type.get("SesaHandHandAttentionSampler", []):
+            prompt[node_id]["inputs"]["layers"] = "all"
     for node_id in by_type["SaveImage"]:
         prompt[node_id]["inputs"]["filename_prefix"] = f"{FILES}/image"
     render_id = by_type["SesaHandRenderConditions"][0]
@@ -167,7 +172,8 @@ def run_demo(comfyui: Path, out: Path) -> None:
 
     with tempfile.TemporaryDirectory(prefix="sesahand-demo-") as work:
         work = Path(work)
-        if checkpoint is None:
+        tiny = checkpoint is None
+        if tiny:
             print("No SESAHAND_CHECKPOINT given: building a tiny random-weight SD1.5-format checkpoint and "
                   "ControlNet. The picture will be NOISE BY DESIGN: this run checks the pipeline, not the "
                   "weights. Set SESAHAND_CHECKPOINT (and SESAHAND_CONTROLNET) for a real picture.", flush=True)
@@ -183,7 +189,7 @@ def run_demo(comfyui: Path, out: Path) -> None:
             client = ComfyClient(base)
             try:
                 prompt = demo_prompt(json.loads(WORKFLOW.read_text()), client.object_info(), checkpoint.name,
-                                     controlnet.name if controlnet is not None else None)
+                                     controlnet.name if controlnet is not None else None, tiny)
                 prompt_id = uuid.uuid4().hex
                 client.submit(prompt, prompt_id)
                 with tqdm(desc="sesahand_generate", unit="step") as bar:
