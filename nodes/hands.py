@@ -76,13 +76,14 @@ class SesaHandHandModel(io.ComfyNode):
                                tooltip="anny (open): NAVER's Anny hand, Apache-2.0 / CC0, works "
                                        "out of the box. mano: the MANO model from your own files "
                                        "(non-commercial licence; needs the smplx package)."),
-                io.Combo.Input("mano_file", options=folder_paths.get_filename_list("mano"),
-                               tooltip="With model mano: a MANO_RIGHT / MANO_LEFT file in "
-                                       "models/mano. Both sides found in its folder are loaded."),
                 io.Combo.Input("side", options=list(SIDES), default="right",
                                tooltip="Side of preset hands and of a single random hand. Two "
                                        "random hands are a right and a left one; pose JSON names "
                                        "each hand's side."),
+                io.Combo.Input("mano_file", options=folder_paths.get_filename_list("mano"), optional=True,
+                               tooltip="With model mano: a MANO_RIGHT / MANO_LEFT file in "
+                                       "models/mano. Both sides found in its folder are loaded. "
+                                       "Optional, so that the node works with an empty folder."),
             ],
             outputs=[HandModelType.Output("hand_model", display_name="hand_model",
                                           tooltip="The loaded model and its side.")],
@@ -98,7 +99,7 @@ class SesaHandHandModel(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model: str, mano_file: str, side: str) -> io.NodeOutput:
+    def execute(cls, model: str, side: str, mano_file: str = "") -> io.NodeOutput:
         name = MODEL_CHOICES[model]
         if name == "anny":
             path = folder_paths.get_folder_paths("sesahand")[0]

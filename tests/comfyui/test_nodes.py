@@ -101,7 +101,7 @@ def test_mano_files_in_the_model_folder_are_offered_and_loaded(comfyui, tmp_path
     fixtures.write_plain_pickle(comfyui.mano_dir / "MANO_LEFT.pkl", fixtures.make_left_data(right))
 
     node = comfyui.node("SesaHandHandModel")
-    options = node.GET_NODE_INFO_V1()["input"]["required"]["mano_file"][1]["options"]
+    options = node.GET_NODE_INFO_V1()["input"]["optional"]["mano_file"][1]["options"]
     assert {"MANO_RIGHT.pkl", "MANO_LEFT.pkl"} <= set(options)
     assert node.validate_inputs(model="mano", mano_file="MANO_RIGHT.pkl") is True
     mano = node.execute(model="mano", mano_file="MANO_RIGHT.pkl", side="left")[0]

@@ -41,7 +41,7 @@ def hand_workflow(width: int = 128, height: int = 96, batch_size: int = 1, model
     """UI workflow: Hand Model -> Hand Pose (random) -> Reroute -> Render Conditions -> bypassed
     Image Invert -> Save Image, and Render Conditions -> Export Mesh."""
     nodes = [
-        node(1, "SesaHandHandModel", [model, mano_file, "right"], outputs=[("hand_model", "SESAHAND_HAND_MODEL", [1])]),
+        node(1, "SesaHandHandModel", [model, "right", mano_file], outputs=[("hand_model", "SESAHAND_HAND_MODEL", [1])]),
         node(2, "SesaHandHandPose", ["random", "open_palm", 0, "randomize", 1, 40, 64, ""],
              outputs=[("pose", "SESAHAND_POSE", [2])]),
         node(9, "Reroute", None, inputs=[("", "*", 2)], outputs=[("", "SESAHAND_POSE", [3])]),

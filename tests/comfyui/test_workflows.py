@@ -1,0 +1,140 @@
+"""The shipped workflows against a real ComfyUI with the pack loaded: node types, inputs and
+widget counts exist in ``/object_info``, the API copies are the UI files converted, the files
+are what ``tools/build_workflows.py`` builds from this server, the server accepts every prompt,
+and the pack serves the workflows as templates."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from sesahand.queue import WIDGET_TYPES, ui_to_api
+from tools import build_workflows as builder
+from tools.comfy_server import comfy_command, running_server
+
+pytestmark = pytest.mark.comfyui
+
+REPO = Path(__file__).resolve().parents[2]
+NAMES = ("sesahand_generate", "sesahand_random_batch", "sesahand_with_handrefiner_depth")
+
+
+@pytest.fixture(scope="module")
+def served(comfyui, tmp_path_factory):
+    """(base URL, /object_info) of one headless ComfyUI for the module, whose model folders hold
+    empty files named like the workflows' model files (validation checks names only)."""
+    root = tmp_path_factory.mktemp("workflows_server")
+    folders = {"sesahand": comfyui.cache_dir}
+    for specs in builder.WORKFLOWS.values():
+        for spec in specs:
+            for name, value in spec.values.items():
+                if name in builder.MODEL_INPUTS and value:
+                    folder = root / "models" / builder.MODEL_INPUTS[name]
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / value).touch()
+                    folders[builder.MODEL_INPUTS[name]] = folder
+    try:
+        with running_server(comfyui.path, comfy_command(root, folders), root) as (base, _):
+            info = requests.get(base + "/object_info", timeout=60)
+            assert info.status_code == 200
+            yield base, info.json()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
+def load(folder: str, name: str) -> dict:
+    return json.loads((REPO / folder / f"{name}.json").read_text())
+
+
+def input_specs(info: dict) -> dict:
+    inputs = info["input"]
+    return {**(inputs.get("required") or {}), **(inputs.get("optional") or {})}
+
+
+def kind(spec) -> str:
+    return "COMBO" if isinstance(spec[0], list) else spec[0]
+
+
+def test_files_are_what_the_builder_makes_from_this_server(served, tmp_path):
+    _, object_info = served
+    builder.write_workflows(object_info, tmp_path)
+    for name in NAMES:
+        for folder in ("workflows", "tests/workflows"):
+            assert (tmp_path / folder / f"{name}.json").read_bytes() == (REPO / folder / f"{name}.json").read_bytes(), \
+                f"{folder}/{name}.json is stale: run python tools/build_workflows.py"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_node_input_and_widget_exists_on_the_server(served, name):
+    _, object_info = served
+    for node in load("workflows", name)["nodes"]:
+        if node["type"] == "Note":
+            continue
+        assert node["type"] in object_info, f"node {node['id']}: unknown type {node['type']}"
+        info = object_info[node["type"]]
+        specs = input_specs(info)
+        saved = {inp["name"]: inp for inp in node["inputs"]}
+        assert set(saved) <= set(specs), f"node {node['id']} ({node['type']}): unknown inputs {set(saved) - set(specs)}"
+        widgets = 0
+        for input_name, spec in specs.items():
+            options = spec[1] if len(spec) > 1 else {}
+            is_widget = kind(spec) in WIDGET_TYPES and not options.get("forceInput")
+            if input_name in saved:
+                entry = saved[input_name]
+                assert ("widget" in entry) == is_widget and entry["type"] == kind(spec), entry
+                # As the frontend saves it: every socket, and the widget inputs with a link.
+                assert not is_widget or entry["link"] is not None, entry
+            else:
+                assert is_widget, f"node {node['id']} ({node['type']}) lacks the input {input_name!r}"
+            if is_widget:
+                control = options.get("control_after_generate")
+                has_control = bool(control) if control is not None else input_name in ("seed", "noise_seed")
+                widgets += 1 + {"INT": int(has_control), "COMBO": 2 * bool(control)}.get(kind(spec), 0)
+        assert len(node.get("widgets_values", [])) == widgets, f"node {node['id']} ({node['type']})"
+        assert [(o["name"], o["type"]) for o in node["outputs"]] == list(zip(info["output_name"], info["output"]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_copy_is_the_ui_workflow_converted(served, name):
+    _, object_info = served
+    api = load("tests/workflows", name)
+    assert ui_to_api(load("workflows", name), object_info) == api
+    # The builder's widget positions read back by name give the description's values and links.
+    specs = builder.WORKFLOWS[name]
+    ids = builder.node_ids(specs)
+    for spec in specs:
+        if spec.type == "Note":
+            continue
+        inputs = api[str(ids[spec.key])]["inputs"]
+        for input_name, value in spec.values.items():
+            if input_name not in spec.links:
+                assert inputs[input_name] == value, (spec.key, input_name)
+        for input_name, source in spec.links.items():
+            key, output = source.split(".")
+            source_type = next(s.type for s in specs if s.key == key)
+            assert inputs[input_name] == [str(ids[key]), object_info[source_type]["output_name"].index(output)]
+
+
+def test_server_accepts_every_workflow(served):
+    base, _ = served
+    try:
+        for name in NAMES:
+            reply = requests.post(base + "/prompt", json={"prompt": load("tests/workflows", name),
+                                                         "client_id": uuid.uuid4().hex}, timeout=60)
+            assert reply.status_code == 200, f"{name}: {reply.text[:2000]}"
+    finally:  # the model files are empty: do not run the prompts
+        requests.post(base + "/queue", json={"clear": True}, timeout=30)
+        requests.post(base + "/interrupt", timeout=30)
+
+
+def test_the_pack_serves_the_workflows_as_templates(served):
+    base, _ = served
+    listed = requests.get(base + "/workflow_templates", timeout=30).json()
+    assert sorted(listed.get("comfyui-sesahand", [])) == sorted(NAMES)
+    for name in NAMES:
+        for suffix in (".json", ".jpg"):
+            reply = requests.get(f"{base}/api/workflow_templates/comfyui-sesahand/{name}{suffix}", timeout=30)
+            assert reply.status_code == 200, f"{name}{suffix}"
