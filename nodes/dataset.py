@@ -1,4 +1,201 @@
-"""PLACEHOLDER (being written this session): dataset nodes."""
+"""Data room node: save generated images with their hand labels as dataset samples."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+from pathlib import PurePosixPath, PureWindowsPath
+
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from ..sesahand.data import DatasetWriter, to_uint8_image
+from ..sesahand.pipeline import RenderedHands
+from .render import HandsType
+
+UNKNOWN = "(unknown)"
+
+
+def dataset_dir_problem(name: str) -> str | None:
+    """Why ``name`` is not a folder inside ComfyUI's output folder, or None when it is."""
+    if not name or not name.strip():
+        return "dataset is empty; give a folder name inside the output folder, e.g. sesahand_dataset"
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor:
+        return f"dataset {name!r} is an absolute path; give a folder name inside the output folder"
+    if ".." in re.split(r"[\\/]", name):
+        return f"dataset {name!r} contains '..'; give a folder name inside the output folder"
+    output = os.path.realpath(folder_paths.get_output_directory())
+    target = os.path.realpath(os.path.join(output, name))
+    if target == output or os.path.commonpath([output, target]) != output:
+        return f"dataset {name!r} resolves outside the output folder ({target}); give a plain subfolder name"
+    return None
+
+
+def _json_object(text: str, name: str) -> dict | None:
+    """The JSON object in ``text`` (None when blank); ValueError naming the input otherwise."""
+    if not text or not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                         "give a JSON object or leave it empty") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name}: expected a JSON object {{...}}, got {type(value).__name__}")
+    return value
+
+
+def _model_path(folder: str, name: str) -> str | None:
+    if name == UNKNOWN:
+        return None
+    path = folder_paths.get_full_path(folder, name)
+    if path is None:
+        raise ValueError(f"{folder} file {name!r} not found; pick one from the list or {UNKNOWN}")
+    return path
+
+
+def _frame(batch: torch.Tensor | None, i: int, count: int, name: str):
+    """Frame i of an optional batch holding ``count`` frames or one (shared by every image)."""
+    if batch is None:
+        return None
+    if batch.shape[0] not in (1, count):
+        raise ValueError(f"{name}: {batch.shape[0]} frames for {count} images; give one frame per image or one")
+    return batch[i if batch.shape[0] > 1 else 0]
+
+
+def _alignment_detector(threshold: float):
+    try:
+        detector = importlib.import_module("..sesahand.eval.detector", __package__)
+        return detector.HandKeypointDetector()
+    except (ImportError, RuntimeError, FileNotFoundError) as exc:
+        raise RuntimeError(f"alignment_threshold {threshold} needs the MediaPipe hand landmarker, which is not "
+                           f"available: {exc}. Install the alignment extra (see the README), or set "
+                           "alignment_threshold to 0 to save without the check.") from exc
+
+
+class SesaHandSaveDatasetSample(io.ComfyNode):
+    """Append each image of the batch, with its hands' labels, to a dataset in the output folder."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SesaHandSaveDatasetSample",
+            display_name="SesaHand Save Dataset Sample",
+            category="SesaHand/data",
+            description="Saves every image with the labels of its frame of the hands (MANO "
+                        "parameters, 3D/2D joints, visibility, boxes, camera K), the prompt, "
+                        "semantics, seed, sampler settings and model hashes into "
+                        "output/<dataset>/ (images/, conditions/, labels.jsonl). Writes are "
+                        "atomic; numbering continues an existing dataset. With an alignment "
+                        "threshold, images whose MediaPipe alignment score is lower are not "
+                        "saved and the reason is shown.",
+            inputs=[
+                io.Image.Input("images", tooltip="Generated images; image i gets frame i of the hands."),
+                HandsType.Input("hands", tooltip="Rendered hands from SesaHand Render Conditions "
+                                                 "(one frame per image, or one frame for all)."),
+                io.String.Input("dataset", default="sesahand_dataset",
+                                tooltip="Dataset folder inside ComfyUI's output folder; '..' and "
+                                        "absolute paths are refused."),
+                io.String.Input("prompt", default="", multiline=True, optional=True,
+                                tooltip="Prompt of the generation (recorded as given)."),
+                io.String.Input("semantics", default="", multiline=True, optional=True,
+                                tooltip="Behaviour semantics JSON object (from SesaHand Behaviour "
+                                        "Captioner); empty for none."),
+                io.Int.Input("seed", default=-1, min=-1, max=0xFFFFFFFFFFFFFFFF, optional=True,
+                             control_after_generate=False,
+                             tooltip="Sampler seed to record; -1 = unknown."),
+                io.String.Input("sampler_settings", default="", multiline=True, optional=True,
+                                tooltip='Sampler settings as a JSON object, e.g. {"sampler_name": '
+                                        '"euler", "scheduler": "normal", "steps": 20, "cfg": 7}; '
+                                        "empty for unknown."),
+                io.Combo.Input("ckpt_name", options=[UNKNOWN, *folder_paths.get_filename_list("checkpoints")],
+                               default=UNKNOWN, optional=True,
+                               tooltip="Checkpoint that made the images; its SHA-256 is recorded "
+                                       "(computed once per file version)."),
+                io.Combo.Input("controlnet_name", options=[UNKNOWN, *folder_paths.get_filename_list("controlnet")],
+                               default=UNKNOWN, optional=True,
+                               tooltip="ControlNet used; its SHA-256 is recorded."),
+                io.Image.Input("mesh", optional=True, tooltip="Shaded mesh condition, saved with each sample."),
+                io.Image.Input("depth", optional=True, tooltip="Depth condition, saved grey."),
+                io.Image.Input("normal", optional=True, tooltip="Normal condition, saved with each sample."),
+                io.Mask.Input("mask", optional=True, tooltip="Hand mask, saved grey."),
+                io.Float.Input("alignment_threshold", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="0 = off. Otherwise run the alignment check (needs MediaPipe) "
+                                       "and skip images whose score is below this value."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, dataset=None, semantics=None, sampler_settings=None):
+        # Linked values arrive as None here and are checked again at run time.
+        if dataset is not None:
+            problem = dataset_dir_problem(dataset)
+            if problem:
+                return problem
+        try:
+            _json_object(semantics, "semantics")
+            _json_object(sampler_settings, "sampler_settings")
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def execute(cls, images: torch.Tensor, hands: RenderedHands, dataset: str, prompt: str = "",
+                semantics: str = "", seed: int = -1, sampler_settings: str = "", ckpt_name: str = UNKNOWN,
+                controlnet_name: str = UNKNOWN, mesh: torch.Tensor | None = None,
+                depth: torch.Tensor | None = None, normal: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, alignment_threshold: float = 0.0) -> io.NodeOutput:
+        problem = dataset_dir_problem(dataset)
+        if problem:
+            raise ValueError(problem)
+        semantics_obj = _json_object(semantics, "semantics")
+        sampler_obj = _json_object(sampler_settings, "sampler_settings")
+        checkpoint = _model_path("checkpoints", ckpt_name)
+        controlnet = _model_path("controlnet", controlnet_name)
+        count = images.shape[0]
+        if len(hands.scenes) not in (1, count):
+            raise ValueError(f"hands: {len(hands.scenes)} frames for {count} images; render one frame per "
+                             "image (Render Conditions batch_size) or one frame for all")
+        conditions = {"mesh": mesh, "depth": depth, "normal": normal, "mask": mask}
+        frames = []
+        for i in range(count):
+            f = i if len(hands.scenes) > 1 else 0
+            frames.append((i, f, {n: _frame(c, i, count, n) for n, c in conditions.items() if c is not None}))
+
+        alignments, skipped = {}, []
+        if alignment_threshold > 0:
+            alignment = importlib.import_module("..sesahand.eval.alignment", __package__)
+            with _alignment_detector(alignment_threshold) as detector:
+                for i, f, _ in frames:
+                    result = alignment.check_alignment(to_uint8_image(images[i], "images"), hands.labels[f],
+                                                       detector=detector)
+                    alignments[i] = result.to_dict()
+                    if result.score < alignment_threshold:
+                        skipped.append(f"image {i} not saved: alignment score {result.score:.2f} < "
+                                       f"{alignment_threshold:.2f} ({result.reason})")
+
+        root = os.path.join(folder_paths.get_output_directory(), dataset)
+        bar = comfy.utils.ProgressBar(count)
+        saved = []
+        with DatasetWriter(root) as writer:
+            for i, f, conds in frames:
+                if i not in alignments or alignments[i]["score"] >= alignment_threshold:
+                    saved.append(writer.append(
+                        images[i], hands.frame_dict(f), conditions=conds, prompt=prompt or None,
+                        semantics=semantics_obj, seed=None if seed < 0 else seed, sampler=sampler_obj,
+                        checkpoint=checkpoint, controlnets=[controlnet] if controlnet else [],
+                        alignment=alignments.get(i)))
+                bar.update(1)
+        text = (f"saved {len(saved)} of {count} image(s) to {dataset}"
+                + (f" as sample(s) {', '.join(map(str, saved))}" if saved else ""))
+        return io.NodeOutput(ui=ui.PreviewText("\n".join([text, *skipped])))
+
 
 #: Node classes this module adds to the extension.
-NODES: list = []
+NODES: list = [SesaHandSaveDatasetSample]
