@@ -46,6 +46,8 @@ COMFYUI_GIT = "https://github.com/Comfy-Org/ComfyUI.git"
 WORKFLOW = REPO / "workflows" / "sesahand_generate.json"
 TINY_CHECKPOINT = "sesahand_tiny_random_sd15.safetensors"
 TINY_CONTROLNET = "sesahand_tiny_random_controlnet.safetensors"
+TINY_STEPS = 4
+TINY_SIZE = 256
 DATASET = "sesahand_demo"
 FILES = "sesahand_demo_files"
 PROVIDE_COMFYUI = (
@@ -117,7 +119,8 @@ def demo_prompt(workflow: dict, object_info: dict, checkpoint: str, controlnet: 
     """The API prompt of the demo: the shipped workflow with the demo's models, the condition
     previews saved, and the outputs under ``sesahand_demo/``. ``tiny``: the tiny random
     checkpoint, whose one-level UNet has cross-attention only in its encoder and middle block
-    (hand attention goes on all layers).
+    (hand attention goes on all layers; ``TINY_STEPS`` steps at ``TINY_SIZE`` px: its full-resolution
+    attention is slow on a CPU, and noise needs no more).
 
     Raises:
         DemoError: the workflow lacks a node the demo needs.
@@ -133,7 +136,9 @@ def demo_prompt(workflow: dict, object_info: dict, checkpoint: str, controlnet: 
     prompt[by_type["CheckpointLoaderSimple"][0]]["inputs"]["ckpt_name"] = checkpoint
     if tiny:
         for node_id in by_type.get("SesaHandHandAttentionSampler", []):
-            prompt[node_id]["inputs"]["layers"] = "all"
+            prompt[node_id]["inputs"].update(layers="all", steps=TINY_STEPS)
+        for node_id in by_type["SesaHandRenderConditions"]:
+            prompt[node_id]["inputs"].update(width=TINY_SIZE, height=TINY_SIZE)
     for node_id in by_type["SaveImage"]:
         prompt[node_id]["inputs"]["filename_prefix"] = f"{FILES}/image"
     render_id = by_type["SesaHandRenderConditions"][0]
@@ -144,7 +149,9 @@ def demo_prompt(workflow: dict, object_info: dict, checkpoint: str, controlnet: 
         prompt[node_id] = {"class_type": "SaveImage",
                            "inputs": {"images": source, "filename_prefix": f"{FILES}/maps/{name}"}}
     for node_id in by_type["SesaHandSaveDatasetSample"]:
-        prompt[node_id]["inputs"]["dataset"] = DATASET
+        prompt[node_id]["inputs"].update(dataset=DATASET, ckpt_name=checkpoint)
+        if controlnet is not None:
+            prompt[node_id]["inputs"]["controlnet_name"] = controlnet
     apply_id = by_type["SesaHandApplyHandControl"][0]
     if controlnet is not None:
         prompt[by_type["SesaHandLoadControlNet"][0]]["inputs"]["control_net_name"] = controlnet
@@ -210,7 +217,7 @@ def run_demo(comfyui: Path, out: Path) -> None:
             (out / "maps").mkdir(exist_ok=True)
             for source in sorted((output / FILES / "maps").glob("*.png")):  # SaveImage: NAME_00001_.png
                 shutil.copyfile(source, out / "maps" / (source.name.rsplit("_", 2)[0] + ".png"))
-            shutil.copytree(output / DATASET, out, dirs_exist_ok=True)
+            shutil.copytree(output / DATASET, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".lock"))
     print(f"Done: {out}/image.png, {out}/maps/ (condition maps), {out}/labels.jsonl + images/ + conditions/ "
           "(the dataset sample)", flush=True)
 
