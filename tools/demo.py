@@ -38,8 +38,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from sesahand.queue import ComfyClient, PromptRejected, TransportError, history_outcome, ui_to_api  # noqa: E402
-from tools.comfy_server import comfy_command, running_server  # noqa: E402
+from sesahand.queue import (
+    ComfyClient,
+    PromptRejected,
+    TransportError,
+    history_outcome,
+    ui_to_api,
+)
+from tools.comfy_server import comfy_command, running_server
 
 COMFYUI_RELEASE = "v0.3.64"
 COMFYUI_GIT = "https://github.com/Comfy-Org/ComfyUI.git"
