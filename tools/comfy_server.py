@@ -33,20 +33,21 @@ def link_pack(folder: Path) -> Path:
     return link
 
 
-def comfy_command(root: Path, model_folders: Mapping[str, str | Path] | None = None) -> list[str]:
+def comfy_command(root: Path, model_folders: Mapping[str, str | Path | list] | None = None) -> list[str]:
     """The command line (run in ComfyUI's folder) of a CPU ComfyUI whose state lives in ``root``.
 
     Args:
         root: an empty or missing folder; ``custom_nodes``, ``output``, ``input``, ``temp``,
             ``user`` and ``extra_model_paths.yaml`` are made in it.
         model_folders: model folder name (``checkpoints``, ``controlnet``, ``sesahand``...) ->
-            a folder added to it.
+            a folder (or a list of folders) added to it.
     """
     root.mkdir(parents=True, exist_ok=True)
     link = link_pack(root / "custom_nodes")
     for name in ("output", "input", "temp", "user"):
         (root / name).mkdir(exist_ok=True)
-    paths = {name: str(folder) for name, folder in (model_folders or {}).items()}
+    paths = {name: "\n".join(map(str, folder if isinstance(folder, list) else [folder]))
+             for name, folder in (model_folders or {}).items()}  # extra_model_paths: one path per line
     config = root / "extra_model_paths.yaml"
     config.write_text(json.dumps({"sesahand": {"custom_nodes": str(link.parent), **paths}}))  # JSON is YAML
     return [

@@ -399,11 +399,7 @@ def checkpoints(comfyui, load_local, tmp_path_factory):
 
 def test_server_runs_the_attention_workflow(comfyui, load_local, checkpoints, tmp_path):
     served = load_local("tests/comfyui/test_server.py")
-    args = served.comfy_args(comfyui, tmp_path)
-    config_path = tmp_path / "extra_model_paths.yaml"
-    config = json.loads(config_path.read_text())
-    config["sesahand_tests"]["checkpoints"] = str(checkpoints)
-    config_path.write_text(json.dumps(config))
+    args = served.comfy_args(comfyui, tmp_path, checkpoints=checkpoints)
 
     def run(graph) -> dict:
         status, body = served.request(base + "/prompt", {"prompt": graph})

@@ -376,12 +376,8 @@ def workflow(seed: int, strength: float, fusion: str, prefix: str, hand_attentio
 
 def test_server_runs_a_workflow_where_the_control_changes_the_image(comfyui, load_local, tiny, tmp_path):
     served = load_local("tests/comfyui/test_server.py")
-    args = served.comfy_args(comfyui, tmp_path)
-    config_path = tmp_path / "extra_model_paths.yaml"
-    config = json.loads(config_path.read_text())
-    config["sesahand_tests"].update(checkpoints=str(tiny.checkpoints), controlnet=str(tiny.controlnet))
-    config["sesahand_tiny"] = {"sesahand": str(tiny.sesahand)}
-    config_path.write_text(json.dumps(config))
+    args = served.comfy_args(comfyui, tmp_path, checkpoints=tiny.checkpoints, controlnet=tiny.controlnet,
+                             sesahand=[comfyui.cache_dir, tiny.sesahand])
     write_condition_png(tmp_path / "input")
     args.append("--use-pytorch-cross-attention")
     with served.running_server(comfyui, args, tmp_path) as base:

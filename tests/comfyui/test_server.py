@@ -20,10 +20,11 @@ pytestmark = pytest.mark.comfyui
 NODE_IDS = ("SesaHandHandModel", "SesaHandHandPose", "SesaHandRenderConditions", "SesaHandExportMesh")
 
 
-def comfy_args(comfyui, root: Path) -> list[str]:
+def comfy_args(comfyui, root: Path, **model_folders) -> list[str]:
     """Command-line options that keep ComfyUI's state under ``root`` with this pack loaded
-    (the shared SesaHand cache as the ``sesahand`` model folder)."""
-    return comfy_command(root, {"sesahand": comfyui.cache_dir})
+    (the shared SesaHand cache as the ``sesahand`` model folder); ``model_folders``: more
+    folders by model folder name (a path or a list of paths)."""
+    return comfy_command(root, {"sesahand": comfyui.cache_dir, **model_folders})
 
 
 def test_quick_test_for_ci_loads_the_pack(comfyui, tmp_path):
