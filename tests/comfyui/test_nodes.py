@@ -95,10 +95,7 @@ def load_mano_fixtures():
 def test_mano_files_in_the_model_folder_are_offered_and_loaded(comfyui, tmp_path):
     pytest.importorskip("smplx")
     fixtures = load_mano_fixtures()
-    right = fixtures.make_mano_data(seed=0)
-    comfyui.mano_dir.mkdir(exist_ok=True)
-    fixtures.write_plain_pickle(comfyui.mano_dir / "MANO_RIGHT.pkl", right)
-    fixtures.write_plain_pickle(comfyui.mano_dir / "MANO_LEFT.pkl", fixtures.make_left_data(right))
+    fixtures.write_mano_pair(comfyui.mano_dir)
 
     node = comfyui.node("SesaHandHandModel")
     options = node.GET_NODE_INFO_V1()["input"]["optional"]["mano_file"][1]["options"]

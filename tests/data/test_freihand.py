@@ -52,15 +52,9 @@ def test_export_writes_one_right_hand_per_sample(mixed_dataset, tmp_path, capsys
 def test_mano_vectors_invert_from_freihand(mixed_dataset, tmp_path):
     pytest.importorskip("smplx")
     from sesahand.hands import load_hand_model
-    from tests.hands.mano_fixtures import (
-        make_left_data,
-        make_mano_data,
-        write_plain_pickle,
-    )
+    from tests.hands.mano_fixtures import write_mano_pair
 
-    right = make_mano_data(seed=0)
-    write_plain_pickle(tmp_path / "MANO_RIGHT.pkl", right)
-    write_plain_pickle(tmp_path / "MANO_LEFT.pkl", make_left_data(right))
+    write_mano_pair(tmp_path)
     root, hands = mixed_dataset
     report = export_freihand(root, tmp_path / "frei", mano_path=tmp_path)
     assert report.mano_written and report.written == 2

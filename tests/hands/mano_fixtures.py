@@ -180,6 +180,16 @@ def write_plain_pickle(path: Path, data: dict, protocol: int = 2,
     return Path(path)
 
 
+def write_mano_pair(folder: Path, seed: int = 0) -> Path:
+    """Synthetic ``MANO_RIGHT.pkl`` and its mirrored ``MANO_LEFT.pkl`` in ``folder``; returns it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    right = make_mano_data(seed=seed)
+    write_plain_pickle(folder / "MANO_RIGHT.pkl", right)
+    write_plain_pickle(folder / "MANO_LEFT.pkl", make_left_data(right))
+    return folder
+
+
 def to_chumpy_style(data: dict) -> dict:
     """The official layout: chumpy objects for some arrays, shapedirs as a Select over 20."""
     out = dict(data)

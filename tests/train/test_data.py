@@ -169,15 +169,9 @@ def test_bad_labels_name_the_record(toy_records, tmp_path):
 def test_freihand_source_with_mano(toy_records, tokenizer, tmp_path):
     pytest.importorskip("smplx")
     from sesahand.hands import load_hand_model
-    from tests.hands.mano_fixtures import (
-        make_left_data,
-        make_mano_data,
-        write_plain_pickle,
-    )
+    from tests.hands.mano_fixtures import write_mano_pair
 
-    right = make_mano_data(seed=0)
-    write_plain_pickle(tmp_path / "MANO_RIGHT.pkl", right)
-    write_plain_pickle(tmp_path / "MANO_LEFT.pkl", make_left_data(right))
+    write_mano_pair(tmp_path)
     root = tmp_path / "FreiHAND"
     (root / "training" / "rgb").mkdir(parents=True)
     K = [[[80.0, 0.0, 32.0], [0.0, 80.0, 32.0], [0.0, 0.0, 1.0]]] * 2
