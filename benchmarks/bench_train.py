@@ -17,8 +17,10 @@ Variants: ``plain`` (w = 0, no hand bias: diffusers' own ControlNet and UNet for
 ``sf(gate)+ae``.
 
 Speed: variants run back to back in each round at an S x S latent (default 32: 256 x 256
-pixels); the ratio to ``plain`` is taken within each round and its median over rounds printed
-(robust to other load changing between rounds). Target: sf+ae / plain <= 1.10.
+pixels), in alternating order; the ratio to ``plain`` is taken within each round and its median
+over rounds printed (robust to other load changing between rounds), with the ratio of the
+minima. Target: sf+ae / plain <= 1.10. On a shared machine other load still moves single
+rounds by 10-20 %: read both ratios.
 
 Memory: one forward + backward per fresh subprocess (no optimizer); a thread samples the
 process's resident memory (/proc/self/statm) every millisecond; printed is the peak resident
@@ -107,7 +109,7 @@ def measure_speed(rounds: int, size: int) -> dict[str, list[float]]:
     optimizer = torch.optim.AdamW(fused.parameters(), lr=1e-5)
     times = {v: [] for v in VARIANTS}
     for r in range(rounds + 1):  # round 0 warms up (allocations, optimizer state)
-        for variant in VARIANTS:
+        for variant in list(VARIANTS)[::1 if r % 2 else -1]:  # alternate the order: cancels drift
             handle = select(fused, hand, variant)
             start = time.perf_counter()
             loss = tm.training_loss(sd, fused, data, handle, torch.Generator().manual_seed(r))
@@ -178,11 +180,9 @@ def estimate(fits: dict, sizes: dict[str, int], tokens: int = 4096) -> list[dict
 
     Assumptions: frozen UNet, VAE and text encoder in fp16 (2 B / parameter); ControlNet
     float32 weights and gradients (4 + 4 B) and AdamW state (8 B; 8-bit Adam 2 B); activations
-    per sample = the CPU float32 fit's linear part a + b N halved (fp16 under autocast) plus its
-    quadratic part c N^2 kept: SF's attention maps are float32 on any device, and the plain
-    part's N^2 term (CPU attention kept for backward) would mostly vanish with a GPU's flash
-    attention, so the plain rows lean high; times the batch; plus CUDA context and allocator
-    reserve of about 0.8 GiB. Not measured on a GPU.
+    per sample = the CPU float32 fit's linear part a + b N halved (fp16 under autocast) plus SF's
+    quadratic part c N^2 kept (its attention maps are float32 on any device), times the batch;
+    plus CUDA context and allocator reserve of about 0.8 GiB. Not measured on a GPU.
     """
     frozen = 2 * (sizes["unet"] + sizes["vae"] + sizes["text"])
     trained = 16 * sizes["controlnet"]
@@ -197,16 +197,17 @@ def estimate(fits: dict, sizes: dict[str, int], tokens: int = 4096) -> list[dict
 
 
 def write_table(path: Path, rows: list[dict], measured: dict, sizes: dict[str, int], speed: str) -> None:
+    latents = ", ".join(f"{s}x{s}" for s in sorted({k[2] for k in measured}))
     lines = [
         "### Training memory at 512 x 512 (ESTIMATE)",
         "",
         "Estimated GPU memory of one SesaHand training step, SD1.5 at 512 x 512, fp16 mixed precision",
-        "(frozen UNet / VAE / text encoder in fp16, ControlNet float32 with AdamW), from a scaling law",
-        "measured on the CPU by `benchmarks/bench_train.py` (activation memory at latents "
-        f"{', '.join(f'{s}x{s}' for s in sorted({k[2] for k in measured}))}, fitted as a + bN + cN^2 and",
-        "extrapolated to the 64x64 latent; fp16 halves the linear part, the N^2 part (SF's float32 maps,",
-        "CPU attention that flash attention would not keep) is kept, so the figures lean high; plus",
-        f"{CUDA_OVERHEAD_GIB} GiB CUDA context). Not measured on a GPU: an estimate, not a guarantee.",
+        "(frozen UNet / VAE / text encoder in fp16, ControlNet float32 with AdamW). From a scaling law",
+        f"measured on the CPU by `benchmarks/bench_train.py`: activation memory at latents {latents},",
+        "fitted as a + bN (N latent tokens) plus cN^2 for SF's float32 attention maps, extrapolated to",
+        "the 64x64 latent, the linear part halved for fp16, plus the weights, gradients, optimizer state",
+        f"and {CUDA_OVERHEAD_GIB} GiB CUDA context. Not measured on a GPU: an estimate, not a guarantee",
+        "(PyTorch's caching allocator and cuDNN workspaces add more).",
         "",
         "| variant | gradient checkpointing | batch 1 | batch 2 | batch 3 | batch 4 | fits 24 GB (AdamW / 8-bit Adam) |",
         "|---|---|---|---|---|---|---|",
@@ -220,15 +221,15 @@ def write_table(path: Path, rows: list[dict], measured: dict, sizes: dict[str, i
                for key in ("gib", "gib_8bit_adam")]
         lines.append(f"| {variant} | {'on' if checkpointing else 'off'} | {' | '.join(cells)} | "
                      f"batch <= {fit[0]} / <= {fit[1]} |")
-    lines += ["", f"Fixed part: frozen fp16 weights {2 * (sizes['unet'] + sizes['vae'] + sizes['text']) / GIB:.1f} GiB, "
-              f"ControlNet weights + gradients + AdamW {16 * sizes['controlnet'] / GIB:.1f} GiB "
-              f"(8-bit Adam: {10 * sizes['controlnet'] / GIB:.1f} GiB).", "",
-              "Measured CPU activation memory, batch 1, float32 (MiB):", "",
-              "| variant | checkpointing | " + " | ".join(f"{s}x{s}" for s in sorted({k[2] for k in measured})) + " |",
-              "|---|---|" + "---|" * len({k[2] for k in measured})]
+    frozen = 2 * (sizes["unet"] + sizes["vae"] + sizes["text"]) / GIB
+    measured_sizes = sorted({k[2] for k in measured})
+    lines += ["", (f"Fixed part: frozen fp16 weights {frozen:.1f} GiB, ControlNet weights + gradients + AdamW "
+                   f"{16 * sizes['controlnet'] / GIB:.1f} GiB (8-bit Adam: {10 * sizes['controlnet'] / GIB:.1f} GiB)."),
+              "", "Measured CPU activation memory, batch 1, float32 (MiB):", "",
+              "| variant | checkpointing | " + " | ".join(f"{s}x{s}" for s in measured_sizes) + " |",
+              "|---|---|" + "---|" * len(measured_sizes)]
     for variant, checkpointing in groups:
-        values = [measured[(variant, checkpointing, s)]["activations"] / MIB
-                  for s in sorted({k[2] for k in measured})]
+        values = [measured[(variant, checkpointing, s)]["activations"] / MIB for s in measured_sizes]
         lines.append(f"| {variant} | {'on' if checkpointing else 'off'} | " + " | ".join(f"{v:.0f}" for v in values) + " |")
     lines += ["", speed, ""]
     path.write_text("\n".join(lines))
@@ -236,7 +237,7 @@ def write_table(path: Path, rows: list[dict], measured: dict, sizes: dict[str, i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size", type=int, default=32, help="latent side for the speed comparison")
     parser.add_argument("--mem-sizes", type=int, nargs=3, default=[16, 24, 32])
     parser.add_argument("--table", type=Path, help="write the memory table (Markdown) here")
@@ -255,7 +256,7 @@ def main() -> None:
         ratio = statistics.median(t / p for t, p in zip(values, times["plain"]))
         ratios[variant] = ratio
         print(f"  {variant:12s} median {statistics.median(values):7.2f} s  min {min(values):7.2f} s  "
-              f"ratio to plain {ratio:.3f}")
+              f"ratio to plain: median of rounds {ratio:.3f}, of minima {min(values) / min(times['plain']):.3f}")
     print(f"  target sf+ae / plain <= 1.10: {'met' if ratios['sf+ae'] <= 1.10 else 'NOT met'}")
 
     measured = {}
@@ -279,13 +280,15 @@ def main() -> None:
     for checkpointing in (False, True):
         plain, sf = (np.array([measured[(v, checkpointing, s)]["activations"] for s in opts.mem_sizes], dtype=float)
                      for v in ("plain", "sf+ae"))
-        c, b, a = np.polyfit(n, plain, 2)
-        # SF's extra memory is its float32 attention maps kept for backward: c_sf N^2 (least squares)
-        c_sf = float(np.dot(sf - plain, n ** 2) / np.dot(n ** 2, n ** 2))
-        fits[("plain", checkpointing)] = (a, b, c)
-        fits[("sf+ae", checkpointing)] = (a, b, c + c_sf)
-        print(f"  fit ckpt {'on ' if checkpointing else 'off'}: plain act(N) = {a / MIB:.0f} MiB + {b / 1024:.1f} KiB N "
-              f"+ {c:.1f} B N^2; sf+ae adds {c_sf:.1f} B N^2")
+        # plain: linear in N (least squares; a GPU's flash attention keeps no N^2 maps, and a line
+        # through the CPU's slightly convex points leans high); SF adds its float32 attention
+        # maps kept for backward, c N^2 (least squares on the differences)
+        b, a = np.polyfit(n, plain, 1)
+        c = float(np.dot(sf - plain, n ** 2) / np.dot(n ** 2, n ** 2))
+        fits[("plain", checkpointing)] = (a, b, 0.0)
+        fits[("sf+ae", checkpointing)] = (a, b, c)
+        print(f"  fit ckpt {'on ' if checkpointing else 'off'}: plain act(N) = {a / MIB:.0f} MiB + {b / 1024:.1f} KiB N; "
+              f"sf+ae adds {c:.1f} B N^2")
     sizes = component_sizes()
     rows = estimate(fits, sizes)
     print("\nESTIMATE, 512x512 fp16 mixed precision on a 24 GB GPU (GiB; see estimate()):")
