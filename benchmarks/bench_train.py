@@ -52,8 +52,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sesahand.control import FusionSettings  # noqa: E402
-from sesahand.train import model as tm  # noqa: E402
+from sesahand.control import FusionSettings
+from sesahand.train import model as tm
 
 VARIANTS = {"plain": (FusionSettings("tokens", 0.0), 0.0), "sf+ae": (FusionSettings("tokens", 1.0), 2.0),
             "sf(gate)+ae": (FusionSettings("gate", 1.0), 2.0)}
