@@ -13,23 +13,15 @@ Needs mediapipe>=0.10.30 and a hand_landmarker.task (--task or $SESAHAND_HAND_LA
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
+from timing import median_time
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGET_PER_S = 10.0
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def skin_render():
@@ -68,10 +60,10 @@ def main() -> int:
         if not result.hands[0].detected:
             print(f"the detector found no hand on the benchmark image: {result.reason}")
             return 1
-        detect_s = timed(lambda: detector.detect(image), args.repeats)
-        check_s = timed(lambda: check_alignment(image, labels, detector), args.repeats)
+        detect_s = median_time(lambda: detector.detect(image), args.repeats)
+        check_s = median_time(lambda: check_alignment(image, labels, detector), args.repeats)
         blank = np.full_like(image, 200)
-        blank_s = timed(lambda: check_alignment(blank, labels, detector), args.repeats)
+        blank_s = median_time(lambda: check_alignment(blank, labels, detector), args.repeats)
     rate = 1.0 / check_s
     print(f"detector load: {load_s:.2f} s")
     print(f"detector alone: {1.0 / detect_s:.1f} images/s")

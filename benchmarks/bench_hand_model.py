@@ -11,21 +11,13 @@ printed ratio is the cost of SesaHand's retargeting on top.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
+from timing import median_time
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def timed(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -45,15 +37,15 @@ def main() -> None:
 
     if not anny_cache_file().exists():
         AnnyHandModel()  # first build, not timed
-    load_s = timed(AnnyHandModel, 5)
+    load_s = median_time(AnnyHandModel, 5)
     model = AnnyHandModel()
     one = [HandParams.create(hand_pose=preset_hand_pose("fist"))]
     two = one + [HandParams.create("left", hand_pose=preset_hand_pose("ok"))]
     model(two)  # warm-up
     identity = torch.eye(4, dtype=model._dtype).expand(1, 21, 4, 4)
-    ref_s = timed(lambda: model._model(pose_parameters=identity), args.repeats)
-    one_s = timed(lambda: model(one), args.repeats)
-    two_s = timed(lambda: model(two), args.repeats)
+    ref_s = median_time(lambda: model._model(pose_parameters=identity), args.repeats)
+    one_s = median_time(lambda: model(one), args.repeats)
+    two_s = median_time(lambda: model(two), args.repeats)
     print(f"import anny (+warp init): {import_s:.2f} s")
     print(f"load compact cache:       {load_s * 1e3:.0f} ms   (target < 1000 ms)  {'OK' if load_s < 1 else 'MISSED'}")
     print(f"Anny forward, rest pose:  {ref_s * 1e3:.2f} ms (reference)")

@@ -24,16 +24,22 @@ import importlib.util
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from timing import best_time
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sesahand.semantics import Captioner, Extractor, SemanticsCache, SemanticsPipeline, image_hash  # noqa: E402
+from sesahand.semantics import (
+    Captioner,
+    Extractor,
+    SemanticsCache,
+    SemanticsPipeline,
+    image_hash,
+)
 
 
 def tiny_models():
@@ -41,16 +47,6 @@ def tiny_models():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def best_time(function, repeats: int) -> float:
-    """Smallest wall time of ``repeats`` calls of ``function`` (seconds)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
