@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 
@@ -35,6 +36,14 @@ def _task_path(task_file: str) -> str:
         f"set {TASK_ENV}, or give task_file. Build it with: pip download --no-deps mediapipe==0.10.21 "
         "-d wheels/ && python -m sesahand qa-model --source wheels/mediapipe-0.10.21-<tag>.whl --out "
         f"{TASK_NAME}")
+
+
+@atexit.register
+def _close_detectors() -> None:
+    """Close the kept detectors before the interpreter tears MediaPipe down (else its
+    ``__del__`` fails noisily at exit)."""
+    while _DETECTORS:
+        _DETECTORS.popitem()[1].close()
 
 
 def cached_detector(task_file: str) -> HandKeypointDetector:

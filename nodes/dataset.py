@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -14,7 +13,9 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..sesahand.data import DatasetWriter, to_uint8_image
+from ..sesahand.eval import alignment as eval_alignment
 from ..sesahand.pipeline import RenderedHands
+from . import alignment as alignment_node
 from .render import HandsType
 
 UNKNOWN = "(unknown)"
@@ -68,9 +69,9 @@ def _frame(batch: torch.Tensor | None, i: int, count: int, name: str):
 
 
 def _alignment_detector(threshold: float):
+    """The Alignment Check node's detector (same model search, kept for the process)."""
     try:
-        detector = importlib.import_module("..sesahand.eval.detector", __package__)
-        return detector.HandKeypointDetector()
+        return alignment_node.cached_detector("")
     except (ImportError, RuntimeError, FileNotFoundError) as exc:
         raise RuntimeError(f"alignment_threshold {threshold} needs the MediaPipe hand landmarker, which is not "
                            f"available: {exc}. Install the alignment extra (see the README), or set "
@@ -170,15 +171,14 @@ class SesaHandSaveDatasetSample(io.ComfyNode):
 
         alignments, skipped = {}, []
         if alignment_threshold > 0:
-            alignment = importlib.import_module("..sesahand.eval.alignment", __package__)
-            with _alignment_detector(alignment_threshold) as detector:
-                for i, f, _ in frames:
-                    result = alignment.check_alignment(to_uint8_image(images[i], "images"), hands.labels[f],
-                                                       detector=detector)
-                    alignments[i] = result.to_dict()
-                    if result.score < alignment_threshold:
-                        skipped.append(f"image {i} not saved: alignment score {result.score:.2f} < "
-                                       f"{alignment_threshold:.2f} ({result.reason})")
+            detector = _alignment_detector(alignment_threshold)
+            for i, f, _ in frames:
+                result = eval_alignment.check_alignment(to_uint8_image(images[i], "images"), hands.labels[f],
+                                                        detector=detector)
+                alignments[i] = result.to_dict()
+                if result.score < alignment_threshold:
+                    skipped.append(f"image {i} not saved: alignment score {result.score:.2f} < "
+                                   f"{alignment_threshold:.2f} ({result.reason})")
 
         root = os.path.join(folder_paths.get_output_directory(), dataset)
         bar = comfy.utils.ProgressBar(count)

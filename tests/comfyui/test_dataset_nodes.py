@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 from dataclasses import dataclass, replace
 
 import pytest
@@ -131,7 +132,7 @@ def test_frame_counts_and_sizes_must_match(comfyui, rendered):
 
 def test_alignment_threshold_without_mediapipe_says_so(comfyui, rendered):
     try:
-        pack(comfyui, "sesahand.eval.detector").HandKeypointDetector().close()
+        pack(comfyui, "nodes.alignment").cached_detector("")
         pytest.skip("a hand landmarker is available here")
     except (ImportError, RuntimeError, FileNotFoundError):
         pass
@@ -152,14 +153,11 @@ class FakeResult:
 
 
 class FakeDetector:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
+    def __init__(self, task_path):
+        self.task_path = task_path
 
 
-def test_alignment_threshold_skips_low_scores_and_says_why(comfyui, rendered, monkeypatch):
+def test_alignment_threshold_skips_low_scores_and_says_why(comfyui, rendered, monkeypatch, tmp_path):
     hands = rendered[5]
     seen = []
 
@@ -167,13 +165,19 @@ def test_alignment_threshold_skips_low_scores_and_says_why(comfyui, rendered, mo
         seen.append((image.dtype, image.shape, labels, detector))
         return FakeResult(0.9, "ok") if len(seen) == 1 else FakeResult(0.2, "index finger 30 px off")
 
-    monkeypatch.setattr(pack(comfyui, "sesahand.eval.detector"), "HandKeypointDetector", FakeDetector)
+    alignment_node = pack(comfyui, "nodes.alignment")
+    monkeypatch.setattr(alignment_node, "HandKeypointDetector", FakeDetector)
+    monkeypatch.setattr(alignment_node, "_DETECTORS", {})
+    task = tmp_path / "hand_landmarker.task"
+    task.write_bytes(b"")
+    monkeypatch.setenv(alignment_node.TASK_ENV, str(task))
     monkeypatch.setattr(pack(comfyui, "sesahand.eval.alignment"), "check_alignment", check_alignment)
     out = node(comfyui).execute(images=torch.rand(2, H, W, 3), hands=hands, dataset="filtered",
                                 alignment_threshold=0.5)
     assert [(str(d), s) for d, s, _, _ in seen] == [("uint8", (H, W, 3))] * 2
     assert [labels for _, _, labels, _ in seen] == hands.labels
-    assert isinstance(seen[0][3], FakeDetector)  # one detector for the batch
+    assert isinstance(seen[0][3], FakeDetector) and seen[0][3] is seen[1][3]  # one detector for the batch
+    assert seen[0][3].task_path == os.path.realpath(task)  # found like the Alignment Check node finds it
     assert ui_text(out) == ("saved 1 of 2 image(s) to filtered as sample(s) 0\n"
                             "image 1 not saved: alignment score 0.20 < 0.50 (index finger 30 px off)")
     records = pack(comfyui, "sesahand.data").read_labels(comfyui.output_dir / "filtered")
