@@ -24,6 +24,7 @@ folder that is removed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -174,8 +175,6 @@ def demo_prompt(workflow: dict, object_info: dict, checkpoint: str, controlnet: 
 
 def run_demo(comfyui: Path, out: Path) -> None:
     """Start the server, queue the demo prompt, copy the results into ``out``."""
-    import json
-
     if not (comfyui / "main.py").is_file():
         raise DemoError(f"no ComfyUI at {comfyui}.\n"
                         + PROVIDE_COMFYUI.format(release=COMFYUI_RELEASE, git=COMFYUI_GIT))

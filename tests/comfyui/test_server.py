@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
 
 from tools import comfy_server
 from tools.comfy_server import comfy_command
@@ -40,13 +39,8 @@ def test_quick_test_for_ci_loads_the_pack(comfyui, tmp_path):
 
 def request(url: str, payload: dict | None = None) -> tuple[int, dict]:
     """GET (or POST ``payload`` as JSON); returns the status and the decoded JSON body."""
-    data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    reply = requests.get(url, timeout=30) if payload is None else requests.post(url, json=payload, timeout=30)
+    return reply.status_code, reply.json()
 
 
 @contextmanager
