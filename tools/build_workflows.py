@@ -163,24 +163,33 @@ HANDREFINER_NOTE = (
 )
 
 
+def _rendered_hand(note: str, pose_values: dict, seed_control: str, previews: tuple[str, ...]) -> list[Spec]:
+    """The nodes every workflow starts with: the model note, Load Checkpoint, the open hand,
+    its pose, Render Conditions (512 x 512), a latent of the render's size (read from the
+    first preview's map) and previews of ``previews``."""
+    return [
+        Spec("note_models", "Note", 0, title="Model files", text=note),
+        Spec("checkpoint", "CheckpointLoaderSimple", 0, values={"ckpt_name": CHECKPOINT}),
+        Spec("hand_model", "SesaHandHandModel", 0,
+             values={"model": "anny (open)", "mano_file": "", "side": "right"}),
+        Spec("pose", "SesaHandHandPose", 0, values=pose_values, controls={"seed": seed_control}),
+        Spec("render", "SesaHandRenderConditions", 1,
+             values={"width": 512, "height": 512, "fov": 40.0, "batch_size": 1, "backend": "auto"},
+             links={"hand_model": "hand_model.hand_model", "pose": "pose.pose"}),
+        Spec("size", "GetImageSize", 1, links={"image": f"render.{previews[0]}"}),
+        Spec("latent", "EmptyLatentImage", 1,
+             links={"width": "size.width", "height": "size.height", "batch_size": "size.batch_size"}),
+        *[Spec(f"preview_{name}", "PreviewImage", 2, title=f"Preview {name}", size=(260, 280),
+               links={"images": f"render.{name}"}) for name in previews],
+    ]
+
+
 def _sesahand_workflow(random_pose: bool) -> list[Spec]:
     seed_control = "randomize" if random_pose else "fixed"
     pose_values = {"mode": "random", "seed": 0} if random_pose else {"mode": "preset", "preset": "open_palm"}
     return [
-        Spec("note_models", "Note", 0, title="Model files", text=SESAHAND_NOTE),
-        Spec("checkpoint", "CheckpointLoaderSimple", 0, values={"ckpt_name": CHECKPOINT}),
-        Spec("hand_model", "SesaHandHandModel", 0,
-             values={"model": "anny (open)", "mano_file": "", "side": "right"}),
-        Spec("pose", "SesaHandHandPose", 0, values={**pose_values, "pose_json": ""},
-             controls={"seed": seed_control}),
-        Spec("render", "SesaHandRenderConditions", 1,
-             values={"width": 512, "height": 512, "fov": 40.0, "batch_size": 1, "backend": "auto"},
-             links={"hand_model": "hand_model.hand_model", "pose": "pose.pose"}),
-        Spec("size", "GetImageSize", 1, links={"image": "render.mesh"}),
-        Spec("latent", "EmptyLatentImage", 1,
-             links={"width": "size.width", "height": "size.height", "batch_size": "size.batch_size"}),
-        *[Spec(f"preview_{name}", "PreviewImage", 2, title=f"Preview {name}", size=(260, 280),
-               links={"images": f"render.{name}"}) for name in ("mesh", "depth", "normal", "pose")],
+        *_rendered_hand(SESAHAND_NOTE, {**pose_values, "pose_json": ""}, seed_control,
+                        previews=("mesh", "depth", "normal", "pose")),
         Spec("prompt", "PrimitiveStringMultiline", 3, title="Prompt",
              values={"value": POSITIVE_RANDOM if random_pose else POSITIVE}),
         Spec("positive", "CLIPTextEncode", 3, title="Positive prompt", values={"text": ""},
@@ -217,20 +226,8 @@ def _sesahand_workflow(random_pose: bool) -> list[Spec]:
 
 def _handrefiner_workflow() -> list[Spec]:
     return [
-        Spec("note_models", "Note", 0, title="Model files", text=HANDREFINER_NOTE),
-        Spec("checkpoint", "CheckpointLoaderSimple", 0, values={"ckpt_name": CHECKPOINT}),
-        Spec("hand_model", "SesaHandHandModel", 0,
-             values={"model": "anny (open)", "mano_file": "", "side": "right"}),
-        Spec("pose", "SesaHandHandPose", 0, values={"mode": "preset", "preset": "open_palm", "pose_json": ""},
-             controls={"seed": "fixed"}),
-        Spec("render", "SesaHandRenderConditions", 1,
-             values={"width": 512, "height": 512, "fov": 40.0, "batch_size": 1, "backend": "auto"},
-             links={"hand_model": "hand_model.hand_model", "pose": "pose.pose"}),
-        Spec("size", "GetImageSize", 1, links={"image": "render.depth"}),
-        Spec("latent", "EmptyLatentImage", 1,
-             links={"width": "size.width", "height": "size.height", "batch_size": "size.batch_size"}),
-        *[Spec(f"preview_{name}", "PreviewImage", 2, title=f"Preview {name}", size=(260, 280),
-               links={"images": f"render.{name}"}) for name in ("depth", "mesh")],
+        *_rendered_hand(HANDREFINER_NOTE, {"mode": "preset", "preset": "open_palm", "pose_json": ""}, "fixed",
+                        previews=("depth", "mesh")),
         Spec("positive", "CLIPTextEncode", 3, title="Positive prompt", values={"text": POSITIVE},
              links={"clip": "checkpoint.CLIP"}),
         Spec("negative", "CLIPTextEncode", 3, title="Negative prompt", values={"text": NEGATIVE},
