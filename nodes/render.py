@@ -9,6 +9,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..sesahand import limits
 from ..sesahand.hands import PoseSpec
 from ..sesahand.hands.export import export_glb
 from ..sesahand.hands.types import Camera
@@ -19,7 +20,7 @@ from .hands import HandModelChoice, HandModelType, PoseType
 #: Value: :class:`sesahand.pipeline.RenderedHands` (scenes with their cameras, meshes, labels).
 HandsType = io.Custom("SESAHAND_HANDS")
 
-MAX_SIZE = 4096
+MAX_SIZE = limits.MAX_IMAGE_SIDE
 
 
 def _image(t: torch.Tensor) -> torch.Tensor:
@@ -51,10 +52,10 @@ class SesaHandRenderConditions(io.ComfyNode):
                              tooltip="Image width in pixels (a multiple of 8)."),
                 io.Int.Input("height", default=512, min=64, max=MAX_SIZE, step=8,
                              tooltip="Image height in pixels (a multiple of 8)."),
-                io.Float.Input("fov", default=40.0, min=5.0, max=120.0, step=0.5,
+                io.Float.Input("fov", default=40.0, min=limits.MIN_FOV_DEG, max=limits.MAX_FOV_DEG, step=0.5,
                                tooltip="Horizontal field of view of the camera in degrees; the "
                                        "principal point is the image centre."),
-                io.Int.Input("batch_size", default=1, min=1, max=64,
+                io.Int.Input("batch_size", default=1, min=1, max=limits.MAX_BATCH,
                              tooltip="Number of images; random poses differ per image."),
                 io.Combo.Input("backend", options=list(BACKENDS), default="auto",
                                tooltip="Rasteriser: moderngl (OpenGL, CPU or GPU) or nvdiffrast "
@@ -79,15 +80,23 @@ class SesaHandRenderConditions(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, width=None, height=None, batch_size=None, fov=None):
         # Widget values arrive here unchecked (ComfyUI skips its own min/max checks for inputs
-        # named in validate_inputs); linked values arrive as None and are checked at run time.
+        # named in validate_inputs, and calls this even when its own type conversion failed, so
+        # a value may still be the string of a /prompt body); linked values arrive as None and
+        # are checked at run time.
+        for name, value in (("width", width), ("height", height), ("batch_size", batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                return f"{name} {str(value)[:40]!r} is not a whole number; give an integer such as 512"
         for name, value in (("width", width), ("height", height)):
             if value is not None and (value % 8 or not 64 <= value <= MAX_SIZE):
                 return (f"{name} {value} is not a multiple of 8 between 64 and {MAX_SIZE}; "
                         "Stable Diffusion needs sizes like 512 or 768")
-        if batch_size is not None and not 1 <= batch_size <= 64:
-            return f"batch_size {batch_size} is outside 1..64"
-        if fov is not None and not 5.0 <= fov <= 120.0:
-            return f"fov {fov} is outside 5..120 degrees"
+        if batch_size is not None and not 1 <= batch_size <= limits.MAX_BATCH:
+            return f"batch_size {batch_size} is outside 1..{limits.MAX_BATCH}"
+        if fov is not None:
+            try:
+                limits.check_fov(fov, "fov")
+            except ValueError as exc:
+                return str(exc)
         return True
 
     @classmethod

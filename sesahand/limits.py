@@ -43,6 +43,12 @@ MAX_TASK_FILE_BYTES = 64 * 1024 * 1024
 MAX_PHOTO_FILE_BYTES = 64 * 1024 * 1024
 
 
+def _shown(value) -> str:
+    """A value for a message, cut short (it may be an attacker's megabyte string)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:36] + "...'"
+
+
 def check_image_size(width, height, what: str, *, multiple: int = IMAGE_MULTIPLE) -> tuple[int, int]:
     """Check an image size against the limits above; returns ``(width, height)`` as ints.
 
@@ -57,7 +63,7 @@ def check_image_size(width, height, what: str, *, multiple: int = IMAGE_MULTIPLE
     """
     for name, value in (("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{what}: {name} {value!r} is not a whole number of pixels; give an "
+            raise ValueError(f"{what}: {name} {_shown(value)} is not a whole number of pixels; give an "
                              f"integer such as 512")
         if not MIN_IMAGE_SIDE <= value <= MAX_IMAGE_SIDE:
             raise ValueError(f"{what}: {name} {value} is outside {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} "
@@ -79,7 +85,7 @@ def check_fov(fov_deg, what: str) -> float:
     """
     if isinstance(fov_deg, bool) or not isinstance(fov_deg, (int, float)) or not math.isfinite(fov_deg) \
             or not MIN_FOV_DEG <= fov_deg <= MAX_FOV_DEG:
-        raise ValueError(f"{what}: {fov_deg!r} is not a field of view between {MIN_FOV_DEG:g} and "
+        raise ValueError(f"{what}: {_shown(fov_deg)} is not a field of view between {MIN_FOV_DEG:g} and "
                          f"{MAX_FOV_DEG:g} degrees; give e.g. 40")
     return float(fov_deg)
 
@@ -91,5 +97,5 @@ def check_count(value, limit: int, what: str, *, minimum: int = 1) -> int:
         ValueError: naming ``what`` and the allowed range.
     """
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= limit:
-        raise ValueError(f"{what}: {value!r} is not a whole number between {minimum} and {limit}")
+        raise ValueError(f"{what}: {_shown(value)} is not a whole number between {minimum} and {limit}")
     return value

@@ -14,7 +14,11 @@ ComfyUI stays the engine; this module only prepares and distributes prompts:
 4. **Manifest**: every state change of a job is one JSON line appended to
    ``out/manifest.jsonl`` (:class:`Manifest`), so a stopped run resumes without duplicates.
 5. **Failures**: a prompt the server rejects (HTTP 400: validation, e.g. a missing model file
-   or a bad widget value) fails at once with the node's message; execution errors and
+   or a bad widget value) fails at once with the node's message. So does a prompt accepted
+   with HTTP 200 but with ``node_errors`` (ComfyUI then runs only the outputs that passed
+   validation): it is taken off the server's queue (or interrupted) and fails with the
+   nodes' messages. A job is done only when ``/history`` reports ``status_str`` ``success``
+   and ``completed``. Execution errors and
    transport errors are retried up to ``retries`` more times, on any server; a job stopped by
    ``POST /interrupt`` ends as ``interrupted`` (not retried in this run) and the server goes on
    with the next job. A server that cannot be reached gets no more jobs in this run.
@@ -74,8 +78,9 @@ class WorkflowError(ValueError):
 
 
 class PromptRejected(Exception):
-    """The server refused a prompt (HTTP 400: validation failed); the message is
-    :func:`format_rejection`'s. Never retried."""
+    """The server refused a prompt (HTTP 400: validation failed), or accepted it with
+    ``node_errors`` (some outputs failed validation); the message is :func:`format_rejection`'s.
+    Never retried."""
 
 
 class TransportError(RuntimeError):
@@ -475,8 +480,8 @@ def normalize_url(url: str) -> str:
 
 
 def format_rejection(body: dict) -> str:
-    """One line per node error of a ``POST /prompt`` HTTP 400 body:
-    ``node 3 (SesaHandRenderConditions): <message>: <details>``."""
+    """One line per node error of a ``POST /prompt`` reply's ``node_errors`` (HTTP 400, or
+    HTTP 200 with some outputs invalid): ``node 3 (SesaHandRenderConditions): <message>: <details>``."""
     parts = []
     for node_id, entry in sorted((body.get("node_errors") or {}).items(), key=lambda kv: _node_order(kv[0])):
         for error in entry.get("errors") or []:
@@ -493,17 +498,26 @@ def format_rejection(body: dict) -> str:
 
 
 def history_outcome(entry: dict) -> tuple[str, str | None]:
-    """``("success" | "interrupted" | "error", message)`` of a ``/history`` entry."""
-    status = entry.get("status") or {}
-    for event, data in status.get("messages") or []:
+    """``("success" | "interrupted" | "error", message)`` of a ``/history`` entry.
+
+    Success needs the entry's ``status`` to say so (``status_str == "success"`` and
+    ``completed``); an entry without a status, or with any other, is an error."""
+    status = entry.get("status")
+    if not isinstance(status, dict):
+        return "error", "the server's history has no status for this prompt"
+    for message in status.get("messages") or []:
+        if not (isinstance(message, (list, tuple)) and len(message) == 2 and isinstance(message[1], dict)):
+            continue
+        event, data = message
         if event == "execution_interrupted":
             return "interrupted", f"interrupted in node {data.get('node_id')} ({data.get('node_type')})"
         if event == "execution_error":
             return "error", (f"node {data.get('node_id')} ({data.get('node_type')}): "
                              f"{data.get('exception_type')}: {str(data.get('exception_message')).strip()}")
-    if status.get("status_str", "success") == "success":
+    if status.get("status_str") == "success" and status.get("completed") is True:
         return "success", None
-    return "error", f"the server reports status {status.get('status_str')!r} without a message"
+    return "error", (f"the server reports status {status.get('status_str')!r} (completed: "
+                     f"{status.get('completed')!r}) without a message")
 
 
 def output_files(entry: dict) -> Iterator[dict]:
@@ -560,7 +574,9 @@ class ComfyClient:
     def submit(self, prompt: dict, prompt_id: str) -> None:
         """``POST /prompt`` with our ``prompt_id`` and client id (the websocket is opened first:
         the server sends a prompt's events only to a socket open while it runs).
-        Raises :class:`PromptRejected` on HTTP 400 (validation failed)."""
+        Raises :class:`PromptRejected` on HTTP 400 (validation failed), and on HTTP 200 with
+        ``node_errors`` (some outputs failed validation; ComfyUI queued the rest), after taking
+        the prompt off the queue (or interrupting it if it already runs)."""
         self._connect_ws()
         reply = self._request("POST", "/prompt",
                               json={"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id})
@@ -572,6 +588,22 @@ class ComfyClient:
             raise PromptRejected(format_rejection(body))
         if reply.status_code != 200:
             raise TransportError(f"{self.url}/prompt: HTTP {reply.status_code}: {reply.text[:300]}")
+        try:
+            body = reply.json()
+        except ValueError:
+            raise TransportError(f"{self.url}/prompt: the reply is not JSON") from None
+        if isinstance(body, dict) and body.get("node_errors"):
+            self.cancel(prompt_id)
+            raise PromptRejected(format_rejection(body))
+
+    def cancel(self, prompt_id: str) -> None:
+        """Take ``prompt_id`` off the queue, or interrupt it if it runs (best effort: a failure
+        is only logged)."""
+        try:
+            self._request("POST", "/queue", json={"delete": [prompt_id]})
+            self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+        except TransportError as exc:
+            log.warning("%s: could not cancel prompt %s (%s)", self.url, prompt_id, exc)
 
     def history(self, prompt_id: str) -> dict | None:
         """``GET /history/{prompt_id}``: the finished prompt's entry, None while it is not finished."""
@@ -741,8 +773,10 @@ class _Run:
             self.results[job.index] = JobResult(job.index, status, job.server, job.prompt_id, job.attempts,
                                                 job.varied, outputs or [], error)
             self.bar.update(1)
-        if status == "done":
-            log.debug("job %d done on %s: %d files", job.index, job.server, len(outputs or []))
+        if status == "done" and not outputs:
+            log.warning("job %d done on %s but it produced no output files", job.index, job.server)
+        elif status == "done":
+            log.debug("job %d done on %s: %d files", job.index, job.server, len(outputs))
         else:
             log.error("job %d %s on %s: %s", job.index, status, job.server, error)
 
@@ -803,7 +837,7 @@ class _Run:
             try:
                 client.submit(job.prompt, job.prompt_id)
             except PromptRejected as exc:
-                self.finish(job, "failed", error=f"rejected by the server: {exc}")
+                self.finish(job, "failed", error=f"rejected by the server (validation failed): {exc}")
                 return
             with self.cond:
                 self.submitted += 1
@@ -992,6 +1026,11 @@ def format_summary(report: QueueReport, width: int = 160) -> str:
                  f"{sum(r.status == 'failed' for r in bad)} failed, "
                  f"{sum(r.status == 'interrupted' for r in bad)} interrupted; "
                  f"{report.submitted} prompts queued on the servers in this run")
+    empty = [r.index for r in report.results if r.status == "done" and not r.outputs]
+    if empty:
+        shown = ", ".join(map(str, empty[:20])) + (", ..." if len(empty) > 20 else "")
+        lines.append(f"{len(empty)} done job(s) produced no output files (the workflow saves nothing, "
+                     f"or only previews): job(s) {shown}")
     if bad:
         lines.append(f"{'job':>5}  {'status':<11}  {'tries':>5}  error")
         for r in bad:

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["PathRefused", "resolve_input_file", "open_regular_file", "read_input_file",
-           "make_write_dir", "check_write_file", "is_inside"]
+           "read_local_file", "make_write_dir", "check_write_file", "is_inside"]
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
     | getattr(os, "O_CLOEXEC", 0)
@@ -202,6 +202,34 @@ def read_input_file(value: str | os.PathLike, roots: Iterable[str | os.PathLike]
     if len(data) > max_bytes:
         raise PathRefused(f"{what} {_shown(str(value).strip())} grew past the limit of {max_bytes} bytes "
                           "while being read")
+    return data
+
+
+def read_local_file(path: str | os.PathLike, *, what: str, max_bytes: int) -> bytes:
+    """The bytes of a file the caller chose itself (a command-line argument): no folder rule,
+    but still a regular file (opened without blocking, so a FIFO is refused, not waited on) of
+    at most ``max_bytes`` bytes.
+
+    Raises:
+        PathRefused: missing, unreadable, not a regular file, or too large (the message names
+            ``what`` and the path).
+    """
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise PathRefused(f"{what} {path}: cannot read it ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PathRefused(f"{what} {path}: not a regular file (a folder, FIFO, device or socket)")
+        if info.st_size > max_bytes:
+            raise PathRefused(f"{what} {path}: {info.st_size} bytes, more than the limit of {max_bytes} "
+                              "bytes (sesahand.limits)")
+        os.set_blocking(fd, True)
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PathRefused(f"{what} {path}: grew past the limit of {max_bytes} bytes while being read")
     return data
 
 

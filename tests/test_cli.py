@@ -47,7 +47,7 @@ def test_render_round_trip(tmp_path, anny_model):
 @pytest.mark.parametrize("args,message", [
     (["--pose", "jazz_hands"], "not a preset"),
     (["--pose", "missing.json"], "cannot read"),
-    (["--pose", "{\"frames\": 1}"], "pose file frames"),
+    (["--pose", "{\"frames\": 1}"], "pose JSON: frames: expected array"),
     (["--hand-model", "mano"], "mano_path"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, caplog, args, message, anny_model):
