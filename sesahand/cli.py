@@ -35,10 +35,6 @@ def _size(text: str) -> tuple[int, int]:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 512x512") from None
-    for v in (w, h):
-        if v <= 0 or v % 8:
-            raise argparse.ArgumentTypeError(f"size {text!r}: both sides must be positive multiples of 8 "
-                                             "(Stable Diffusion works on an 8-pixel latent grid), e.g. 512x512")
     try:
         return check_image_size(w, h, f"size {text!r}")
     except ValueError as exc:
@@ -49,10 +45,13 @@ def _fov(text: str) -> float:
     from .limits import check_fov
 
     try:
-        return check_fov(float(text), f"--fov {text!r}")
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fov {text!r}: expected a number of degrees, e.g. 40") from None
+    try:
+        return check_fov(value, f"--fov {text!r}")
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc) if "field of view" in str(exc) else
-                                         f"--fov {text!r}: expected a number of degrees, e.g. 40") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _pose_spec(args):
@@ -134,7 +133,11 @@ def cmd_render(args) -> int:
         if replace:  # swap the earlier render out, then remove it
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
             os.replace(out, old)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)  # the earlier render stays as it was
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)  # also onto an empty folder
