@@ -15,6 +15,7 @@ from ..sesahand.hands.export import export_glb
 from ..sesahand.hands.types import Camera
 from ..sesahand.pipeline import RenderedHands, render_scenes
 from ..sesahand.render import BACKENDS
+from ..sesahand.safe_paths import make_write_dir
 from .hands import HandModelChoice, HandModelType, PoseType
 
 #: Value: :class:`sesahand.pipeline.RenderedHands` (scenes with their cameras, meshes, labels).
@@ -146,6 +147,8 @@ class SesaHandExportMesh(io.ComfyNode):
         output_dir = folder_paths.get_output_directory()
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, output_dir)
+        # ComfyUI checks the prefix as written; a linked subfolder must not lead out either.
+        folder = make_write_dir(folder, inside=output_dir, what="filename_prefix")
         saved = []
         for meshes in hands.meshes:
             name = f"{filename}_{counter:05}_.glb"

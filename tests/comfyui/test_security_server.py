@@ -211,3 +211,18 @@ def test_queue_counts_jobs_with_node_errors_as_failed(server, tmp_path, capsys):
     summary = capsys.readouterr().out
     assert "0 done, 2 failed" in summary and "CheckpointLoaderSimple" in summary
     assert not any(out.glob("job_*"))
+
+
+def test_export_mesh_does_not_write_through_a_linked_subfolder(server):
+    base, root = server
+    elsewhere = root / "elsewhere_mesh"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, root / "output" / "linked_meshes")
+    prompt = hands_graph()
+    prompt["4"]["inputs"]["filename_prefix"] = "linked_meshes/hand"
+    status, body, _ = post(base, prompt)
+    assert status == 200, body
+    entry = wait_for_prompt(base, body["prompt_id"])
+    assert entry["status"]["status_str"] == "error"
+    assert "symbolic link" in json.dumps(entry["status"]["messages"])
+    assert list(elsewhere.iterdir()) == []
