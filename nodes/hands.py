@@ -45,7 +45,14 @@ class HandModelChoice:
     side: str
 
     def resolve(self, pose: PoseSpec, camera: Camera, num_frames: int) -> list[HandScene]:
-        """The ``num_frames`` scenes of ``pose`` posed with this model and side."""
+        """The ``num_frames`` scenes of ``pose`` posed with this model and side.
+
+        Raises: ValueError when a pose file holds more frames than ``num_frames`` (they would
+        be left out silently; fewer frames repeat cyclically)."""
+        if pose.kind == "json" and len(pose.frames) > num_frames:
+            raise ValueError(f"the pose file has {len(pose.frames)} frames but batch_size is {num_frames}; "
+                             f"set batch_size to {len(pose.frames)} (at most {limits.MAX_BATCH}) or split "
+                             "the file, so that no frame is left out")
         return replace(pose, side=self.side).resolve(self.model, camera, num_frames)
 
 

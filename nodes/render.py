@@ -93,6 +93,11 @@ class SesaHandRenderConditions(io.ComfyNode):
                         "Stable Diffusion needs sizes like 512 or 768")
         if batch_size is not None and not 1 <= batch_size <= limits.MAX_BATCH:
             return f"batch_size {batch_size} is outside 1..{limits.MAX_BATCH}"
+        if None not in (width, height, batch_size):
+            try:
+                limits.check_batch_pixels(width, height, batch_size, "width x height x batch_size")
+            except ValueError as exc:
+                return str(exc)
         if fov is not None:
             try:
                 limits.check_fov(fov, "fov")
@@ -105,6 +110,8 @@ class SesaHandRenderConditions(io.ComfyNode):
                 fov: float, batch_size: int, backend: str) -> io.NodeOutput:
         camera = Camera.default(width, height, fov)
         scenes = hand_model.resolve(pose, camera, batch_size)
+        # A pose file's own camera replaces width and height: check the size it asks for.
+        limits.check_batch_pixels(scenes[0].camera.width, scenes[0].camera.height, len(scenes), "pose")
         bar = comfy.utils.ProgressBar(len(scenes))
         conditions, hands = render_scenes(
             hand_model.model, scenes, backend=backend,

@@ -26,6 +26,9 @@ MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
 
 #: Largest batch of the Render Conditions node (images rendered in one run).
 MAX_BATCH = 64
+#: Most pixels rendered in one run of the node (all images of the batch together): 64 images
+#: of 1024 x 1024 or 4 of 4096 x 4096, about 3 GiB of float32 condition maps.
+MAX_BATCH_PIXELS = 64 * 1024 * 1024
 #: Most frames a pose file may hold (each renders to one image).
 MAX_POSE_FRAMES = 10_000
 #: Most hands in one frame of a pose file (also in ``pose.schema.json``).
@@ -75,6 +78,18 @@ def check_image_size(width, height, what: str, *, multiple: int = IMAGE_MULTIPLE
         raise ValueError(f"{what}: {width}x{height} is more than {MAX_IMAGE_PIXELS} pixels; give a "
                          "smaller size")
     return width, height
+
+
+def check_batch_pixels(width: int, height: int, count: int, what: str) -> None:
+    """Check that ``count`` images of ``width`` x ``height`` fit in MAX_BATCH_PIXELS.
+
+    Raises:
+        ValueError: naming ``what``, the total and the limit.
+    """
+    total = width * height * count
+    if total > MAX_BATCH_PIXELS:
+        raise ValueError(f"{what}: {count} images of {width}x{height} are {total} pixels, more than the "
+                         f"{MAX_BATCH_PIXELS} rendered at once; give a smaller batch or size")
 
 
 def check_fov(fov_deg, what: str) -> float:

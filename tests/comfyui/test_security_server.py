@@ -226,3 +226,28 @@ def test_export_mesh_does_not_write_through_a_linked_subfolder(server):
     assert entry["status"]["status_str"] == "error"
     assert "symbolic link" in json.dumps(entry["status"]["messages"])
     assert list(elsewhere.iterdir()) == []
+
+
+def test_batches_too_large_to_render_are_refused_at_prompt(server):
+    base, _ = server
+    prompt = hands_graph(width=4096, height=4096)
+    prompt["3"]["inputs"]["batch_size"] = 64
+    status, body, _ = post(base, prompt)
+    assert status == 400
+    assert "64 images of 4096x4096 are 1073741824 pixels, more than the 67108864" in errors_of(body, "3")
+
+
+def test_pose_file_frames_are_never_left_out(server):
+    base, root = server
+    two = {"frames": GOOD_POSE["frames"] * 2}
+    (root / "input" / "two.json").write_text(json.dumps(two))
+    status, body, _ = post(base, pose_file_graph("two.json"))  # batch_size 1
+    assert status == 200, body
+    entry = wait_for_prompt(base, body["prompt_id"])
+    assert entry["status"]["status_str"] == "error"
+    assert "the pose file has 2 frames but batch_size is 1" in json.dumps(entry["status"]["messages"])
+    prompt = pose_file_graph("two.json")
+    prompt["3"]["inputs"]["batch_size"] = 2
+    status, body, _ = post(base, prompt)
+    entry = wait_for_prompt(base, body["prompt_id"])
+    assert entry["status"]["status_str"] == "success"
