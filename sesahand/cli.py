@@ -20,7 +20,7 @@ log = logging.getLogger("sesahand")
 
 #: Modules adding more commands: each has ``register(subparsers)``, which imports nothing heavy
 #: (the command's own function imports what it needs when it runs).
-COMMAND_MODULES = (".semantics.commands", ".data.commands", ".eval.commands", ".train.commands")
+COMMAND_MODULES = (".queue.commands", ".semantics.commands", ".data.commands", ".eval.commands", ".train.commands")
 
 
 #: What ``render`` writes for one frame (in ``--out``, or in ``--out/frame_NNNNN/`` per frame).
@@ -155,35 +155,6 @@ def _umask() -> int:
     return umask
 
 
-def _vary(text: str) -> tuple[str, ...]:
-    from .queue import VARY_CHOICES
-
-    names = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
-    bad = [v for v in names if v not in VARY_CHOICES]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"--vary {text!r}: a comma list of {', '.join(VARY_CHOICES)}, "
-                                         "e.g. pose,seed")
-    return names
-
-
-def cmd_queue(args) -> int:
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from .queue import DEFAULT_SERVER, format_summary, load_workflow, run_queue
-
-    workflow = load_workflow(args.workflow)
-    with logging_redirect_tqdm():
-        try:
-            report = run_queue(args.server or [DEFAULT_SERVER], workflow, count=args.count, out=args.out,
-                               seed=args.seed, vary=args.vary, retries=args.retries)
-        except KeyboardInterrupt:
-            log.warning("stopped: prompts already queued keep running on their servers; run the same "
-                        "command again to collect them and go on")
-            return 130
-    print(format_summary(report))
-    return 0 if report.ok else 1
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sesahand", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -205,26 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (new, empty, or an earlier render's, which is replaced); a pose "
                         "file with several frames writes frame_00000/, frame_00001/, ... in it")
     r.set_defaults(func=cmd_render)
-    q = sub.add_parser("queue", help="run a workflow N times on running ComfyUI servers",
-                       description="Submit COUNT jobs of a ComfyUI workflow (UI or API format) to running "
-                                   "ComfyUI servers, follow them, download their saved files into OUT "
-                                   "and record every job in OUT/manifest.jsonl; the same command "
-                                   "resumes an interrupted run without duplicates. Exit status 1 if a "
-                                   "job failed or was interrupted.")
-    q.add_argument("--server", action="append",
-                   help="ComfyUI base URL; repeat to spread the jobs over several servers "
-                        "(default: http://127.0.0.1:8188)")
-    q.add_argument("--workflow", required=True, help="workflow .json, as saved by the UI or exported in API format")
-    q.add_argument("--count", type=int, default=1, help="number of jobs (default 1)")
-    q.add_argument("--seed", type=int, default=0, help="job i uses seed SEED + i (default 0)")
-    q.add_argument("--vary", type=_vary, default=("seed",),
-                   help="what changes per job, a comma list: seed (every seed / noise_seed input), "
-                        "pose (SesaHand Hand Pose nodes in random mode) (default: seed)")
-    q.add_argument("--out", default="queue_out", help="output folder (default ./queue_out)")
-    q.add_argument("--retries", type=int, default=2,
-                   help="extra attempts after an execution or connection error (default 2); "
-                        "validation errors are never retried")
-    q.set_defaults(func=cmd_queue)
     for name in COMMAND_MODULES:
         importlib.import_module(name, __package__).register(sub)
     return parser
