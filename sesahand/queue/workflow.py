@@ -72,10 +72,11 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     """Convert a UI workflow (frontend format 0.4 or 1) to an API prompt, like the frontend's
     ``graphToPrompt`` (ComfyUI frontend 1.27, shipped with ComfyUI 0.3.64).
 
-    * Widget inputs come from ``widgets_values`` in the frontend's widget order: the node's
-      inputs from ``object_info[class]`` (``input_order``: required, then optional) whose type is
-      a widget type and not ``forceInput``. The extra values the frontend stores after an INT
-      with ``control_after_generate`` (or named seed / noise_seed), two after a combo with
+    * Widget inputs come from ``widgets_values`` in the frontend's widget order
+      (:func:`sesahand.comfy_graph.widget_slots`): the node's inputs from ``object_info[class]``
+      (``input_order``: required, then optional; an input listed in both is optional) whose
+      type is a widget type and not ``forceInput``. The extra values the frontend stores after
+      an INT with ``control_after_generate`` (or named seed / noise_seed), two after a combo with
       ``control_after_generate``, and one for an upload button at the end, are skipped. Missing
       values take the input's default (as a fresh widget would); surplus values at the end
       (frontend-only widgets of extensions) are ignored and logged. List values are sent as
