@@ -1,4 +1,4 @@
-"""Semantics room nodes: behaviour-semantics prompts (METHOD.md component 1).
+"""Semantics room nodes: behaviour-semantics prompts (docs/method.md, behaviour semantics).
 
 Models come from the ``LLM`` model folder (``ComfyUI/models/LLM`` and the user's
 ``extra_model_paths.yaml`` entries): every folder holding a ``config.json`` (a transformers model

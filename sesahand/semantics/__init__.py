@@ -1,5 +1,5 @@
-"""Behaviour semantics (METHOD.md component 1): image -> VLM caption -> LLM extraction of pose,
-action, hand action and environment -> pose-aware hand action -> composed prompt + AE hand terms.
+"""Behaviour semantics (docs/method.md): image -> VLM caption -> LLM extraction of pose, action,
+hand action and environment -> pose-aware hand action -> composed prompt + AE hand terms.
 
 transformers (and accelerate, gguf for .gguf LLMs) is an optional dependency, imported when a
 model is loaded; everything else here works without it.

@@ -1,9 +1,10 @@
 """Composer: the four behaviour fields -> the final prompt P_f (docs/method.md, "Behaviour
 semantics", step 3).
 
-The fields are first reduced to what the person does (:func:`~sesahand.semantics.focus.focus_fields`):
-the environment becomes one place phrase ("in a bakery kitchen"), never a list of objects,
-and objects stay only in the hand action, where a hand interacts with them. This holds for
+The fields are first reduced to what the person does
+(:func:`~sesahand.semantics.focus.focus_fields`): the environment becomes one place phrase
+("in a bakery kitchen"), never a list of objects, and objects stay only in the hand action,
+where a hand interacts with them. This holds for
 every path (template, LLM sentence, the Compose Prompt node), so a field the LLM copied from
 the caption cannot bring the caption's clutter back.
 
