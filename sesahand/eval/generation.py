@@ -112,12 +112,23 @@ def collect_images(folder: str | Path, role: str) -> list[Sample]:
 
 
 def check_readable(samples: Sequence[Sample], role: str) -> None:
-    """Raise ValueError naming every image PIL cannot decode (checked before any metric
-    runs, so a bad file costs no computation and nothing is written)."""
+    """Raise ValueError naming every image PIL cannot decode or that is over the limits
+    (:data:`~sesahand.limits.MAX_PHOTO_FILE_BYTES`, :data:`~sesahand.limits.MAX_IMAGE_PIXELS`);
+    checked before any metric runs, so a bad file costs no computation and nothing is
+    written."""
+    from ..limits import MAX_IMAGE_PIXELS, MAX_PHOTO_FILE_BYTES
+
     bad = []
     for sample in samples:
+        if sample.path.stat().st_size > MAX_PHOTO_FILE_BYTES:
+            bad.append(f"{sample.path} (over {MAX_PHOTO_FILE_BYTES} bytes)")
+            continue
         try:
             with Image.open(sample.path) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    bad.append(f"{sample.path} ({im.width}x{im.height}, over "
+                               f"{MAX_IMAGE_PIXELS} pixels)")
+                    continue
                 im.verify()
         except Exception as exc:  # PIL raises many types for corrupt files
             bad.append(f"{sample.path} ({type(exc).__name__})")
@@ -181,13 +192,19 @@ def find_inception_path(path: str | Path | None = None) -> Path:
     Raises:
         FileNotFoundError: neither is given, or the file does not exist (the message says
             which file to give).
+        ValueError: the file is larger than :data:`~sesahand.limits.MAX_INCEPTION_FILE_BYTES`.
     """
     given = path if path not in (None, "") else os.environ.get(INCEPTION_ENV) or None
     if given is None:
         raise FileNotFoundError("no Inception weights for FID/KID: " + _INCEPTION_HINT)
+    from ..limits import MAX_INCEPTION_FILE_BYTES
+
     found = Path(given).expanduser()
     if not found.is_file():
         raise FileNotFoundError(f"Inception weights {found}: file not found; " + _INCEPTION_HINT)
+    if found.stat().st_size > MAX_INCEPTION_FILE_BYTES:
+        raise ValueError(f"Inception weights {found}: over {MAX_INCEPTION_FILE_BYTES} bytes, "
+                         "not the FID Inception-v3 (about 91 MB); " + _INCEPTION_HINT)
     return found
 
 

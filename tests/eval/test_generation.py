@@ -225,3 +225,16 @@ def test_command_errors_name_the_problem_and_write_nothing(case, message, tmp_pa
     assert main(args) == 2
     assert caplog.records and re.search(message, caplog.records[-1].getMessage())
     assert not out.exists()
+
+
+def test_images_over_the_size_limits_are_refused(tmp_path, monkeypatch):
+    import sesahand.limits
+
+    gen = write_folder(tmp_path / "gen", smooth_images(2, 64))
+    ref = write_folder(tmp_path / "ref", smooth_images(2, 32))
+    monkeypatch.setattr(sesahand.limits, "MAX_IMAGE_PIXELS", 1024)
+    with pytest.raises(ValueError, match=r"generated: 2 unreadable.*64x64, over 1024 pixels"):
+        run(gen, ref)
+    monkeypatch.setattr(sesahand.limits, "MAX_PHOTO_FILE_BYTES", 10)
+    with pytest.raises(ValueError, match="over 10 bytes"):
+        run(gen, ref)
