@@ -67,7 +67,6 @@ POSTURES: dict[str, str] = {
 PLACE_PREPOSITIONS = frozenset({
     "in", "at", "on", "inside", "outside", "near", "by", "beside", "under", "behind",
     "along", "across", "against", "over", "around", "within", "among", "beneath", "amid",
-    "into", "onto", "through", "across",
 })
 ARTICLES = frozenset({"a", "an", "the", "his", "her", "their", "its", "my", "our", "some",
                       "this", "that"})
@@ -75,7 +74,7 @@ ARTICLES = frozenset({"a", "an", "the", "his", "her", "their", "its", "my", "our
 _NOT_MODIFIERS = PLACE_PREPOSITIONS | ARTICLES | frozenset({
     "of", "with", "and", "or", "but", "while", "to", "from", "for", "is", "are", "was", "were",
     "be", "he", "she", "they", "it", "him", "them", "who", "which", "where", "as", "during",
-    "than", "into", "next", "front", "up", "down", "out", "off", "today", "now", "alone",
+    "than", "into", "onto", "through", "next", "front", "up", "down", "out", "off", "today", "now", "alone",
     "together", "there", "here",
 })
 #: Where merely present things begin in a hand action or action (the text is cut there).
@@ -86,7 +85,8 @@ _CO_PRESENCE = re.compile(
 _PARTS = re.compile(r"\s*[,;.!?]\s*|\s+(?:while|whereas)\s+", re.IGNORECASE)
 _POSE_END = re.compile(
     r"[,;]|\s(?:" + "|".join(sorted(PLACE_PREPOSITIONS | {"with", "of", "while", "to", "for",
-                                                          "where", "which", "who"})) + r")\s",
+                                                          "into", "onto", "through", "where",
+                                                          "which", "who"})) + r")\s",
     re.IGNORECASE)
 _ACTION_END = re.compile(r"[,;]|\s(?:with|and|while|where|which|who)\s", re.IGNORECASE)
 _TOKEN = re.compile(r"[A-Za-z][A-Za-z'-]*|[^\sA-Za-z]")
@@ -133,7 +133,7 @@ def _span(tokens: list[str], i: int) -> tuple[int, int, str | None, bool]:
     article = start > 0 and tokens[start - 1].lower() in ARTICLES
     start -= article
     prep = tokens[start - 1].lower() if start > 0 else None
-    if prep in PLACE_PREPOSITIONS and prep not in ("into", "onto", "through"):
+    if prep in PLACE_PREPOSITIONS:
         start -= 1
     else:
         prep = None
