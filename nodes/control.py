@@ -13,7 +13,7 @@ from .control_model import SesaHandControlNet, controlnet_names, controlnet_path
 
 #: Fusion override choices of Apply Hand Control.
 FUSION_CHOICES = ("from file", "off", "tokens", "gate")
-#: AE bias reported when a file gives none (the paper's best, METHOD.md).
+#: AE bias reported when a file gives none (the paper's best, docs/method.md).
 DEFAULT_ALPHA = 2.0
 
 

@@ -1,4 +1,4 @@
-"""Semantics room nodes: behaviour-semantics prompts (METHOD.md component 1).
+"""Semantics room nodes: behaviour-semantics prompts (docs/method.md, behaviour semantics).
 
 Models come from the ``LLM`` model folder (``ComfyUI/models/LLM`` and the user's
 ``extra_model_paths.yaml`` entries): every folder holding a ``config.json`` (a transformers model
@@ -238,14 +238,17 @@ class SesaHandComposePrompt(io.ComfyNode):
             category="SesaHand/semantics",
             description="Composes SesaHand's behaviour-semantics prompt from the four fields, "
                         "written or edited by hand (copy them from the captioner's semantics "
-                        "output). Empty fields are left out.",
+                        "output). Empty fields are left out; the environment becomes a place and "
+                        "objects stay only where a hand touches them.",
             inputs=[
                 io.String.Input("pose", default="sitting", tooltip="Body pose, e.g. 'sitting'."),
                 io.String.Input("action", default="smiling",
                                 tooltip="What the person does, e.g. 'smiling'."),
                 io.String.Input("hand_action", default="holding a cup with one hand",
                                 tooltip="What the hands do, e.g. 'holding a donut with one hand'."),
-                io.String.Input("environment", default="", tooltip="The setting, e.g. 'in a kitchen'."),
+                io.String.Input("environment", default="",
+                                tooltip="The place, e.g. 'in a kitchen'; objects and furniture "
+                                        "listed here are dropped."),
             ],
             outputs=[
                 io.String.Output("prompt", display_name="prompt", tooltip="The composed prompt."),

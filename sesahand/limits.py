@@ -44,6 +44,8 @@ MAX_POSE_FILE_BYTES = 16 * 1024 * 1024
 MAX_TASK_FILE_BYTES = 64 * 1024 * 1024
 #: Largest photo file read for fitting (bytes); its pixels are also held to MAX_IMAGE_PIXELS.
 MAX_PHOTO_FILE_BYTES = 64 * 1024 * 1024
+#: Largest FID Inception-v3 weights file (torch-fidelity's is about 91 MB).
+MAX_INCEPTION_FILE_BYTES = 256 * 1024 * 1024
 
 
 def _shown(value) -> str:

@@ -8,7 +8,7 @@ self-attention maps of its own encoder and middle blocks, collected at every tok
     f_c'  = f_c (x) psi'            f_c: control feature before its zero conv (eq. SF-2)
     f'    = Z(f_c') + f             Z: zero conv, f: SD decoder feature     (eq. SF-3)
 
-with this project's blend (METHOD.md): ``f_c' = (1 - w) f_c + w (f_c (x) psi')``; w = 0 turns
+with this project's blend (docs/method.md): ``f_c' = (1 - w) f_c + w (f_c (x) psi')``; w = 0 turns
 SF off, w = 1 is the paper's form. SF has no parameters. The paper leaves ``(x)`` open; both
 readings are here (``fusion``):
 
@@ -16,8 +16,8 @@ readings are here (``fusion``):
   on its query and key axes to the common grid; the pooled maps of one resolution are averaged
   over its layers, summed over resolutions and row-normalised; the middle block's feature
   (G tokens x C channels, G = cells of the common grid) is multiplied by it.
-  Pooling each layer before averaging its resolution's layers (METHOD.md lists the layer mean
-  first) keeps memory at one query chunk: the other order needs every layer's full map.
+  Pooling each layer before averaging its resolution's layers (docs/method.md lists the layer
+  mean first) keeps memory at one query chunk: the other order needs every layer's full map.
 * ``"gate"``: every map becomes an r x r saliency (mean over heads and queries), averaged over
   the layers of its resolution, max-pooled to the common grid, summed and divided by its
   maximum (so in [0, 1]); it is resized (bilinear) to each of the 13 control features and

@@ -1,4 +1,4 @@
-"""The ``eval`` commands of ``python -m sesahand``: qa, qa-model, metrics."""
+"""The ``eval`` commands of ``python -m sesahand``: qa, qa-model, metrics, eval-images."""
 
 from __future__ import annotations
 
@@ -43,8 +43,34 @@ def cmd_metrics(args) -> int:
     return 0
 
 
+def cmd_eval_images(args) -> int:
+    import json
+
+    import torch
+
+    from ..io import atomic_write_bytes
+    from .generation import evaluate_generation
+
+    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    report = evaluate_generation(args.generated, args.reference, inception=args.inception,
+                                 task_path=args.task, fid=not args.no_fid,
+                                 use_detector=not args.no_detector, device=device,
+                                 batch_size=args.batch_size, seed=args.seed)
+    print(report.format_table())
+    atomic_write_bytes(args.out, (json.dumps(report.to_dict(), indent=1) + "\n").encode())
+    log.info("wrote %s", args.out)
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected a positive integer")
+    return value
+
+
 def register(sub) -> None:
-    """Add ``qa``, ``qa-model`` and ``metrics`` to the CLI's subparsers."""
+    """Add ``qa``, ``qa-model``, ``metrics`` and ``eval-images`` to the CLI's subparsers."""
     q = sub.add_parser("qa", help="alignment-check every sample of a dataset and store the scores",
                        description="Run the hand keypoint detector (MediaPipe) on every image of "
                                    "DATASET_DIR, compare with the labelled joints, write each result "
@@ -72,3 +98,31 @@ def register(sub) -> None:
     r.add_argument("pred", metavar="PRED.json")
     r.add_argument("gt", metavar="GT.json")
     r.set_defaults(func=cmd_metrics)
+    e = sub.add_parser("eval-images", help="FID, KID, FID-H, KID-H, hand confidence and label "
+                                           "alignment of generated images",
+                       description="Compare GENERATED_DIR (a SesaHand dataset folder, or any image "
+                                   "folder) with real images: FID and KID (torchmetrics, Inception "
+                                   "weights from a local file), FID-H / KID-H on hand crops (label "
+                                   "boxes; detected hands for folders without labels), the mean "
+                                   "MediaPipe hand confidence, and the label alignment. Prints a "
+                                   "table and writes the numbers as JSON.")
+    e.add_argument("generated", metavar="GENERATED_DIR")
+    e.add_argument("--reference", required=True, metavar="REAL_DIR",
+                   help="folder of real images (searched recursively), or a SesaHand dataset")
+    e.add_argument("--inception", metavar="FILE",
+                   help="FID Inception-v3 weights: torch-fidelity's "
+                        "weights-inception-2015-12-05-6726825d.pth or its .safetensors "
+                        "(default: $SESAHAND_INCEPTION)")
+    e.add_argument("--task", metavar="FILE",
+                   help="hand_landmarker.task (default: $SESAHAND_HAND_LANDMARKER)")
+    e.add_argument("--out", default="eval_images.json", metavar="FILE",
+                   help="JSON file to write (default ./eval_images.json)")
+    e.add_argument("--device", default="auto", help="torch device of the Inception network "
+                                                    "(default: cuda when available, else cpu)")
+    e.add_argument("--batch-size", type=_positive, default=32, help="images per batch (default 32)")
+    e.add_argument("--seed", type=int, default=0, help="seed of KID's subsets (default 0)")
+    e.add_argument("--no-fid", action="store_true",
+                   help="skip FID, KID, FID-H, KID-H (no Inception file needed)")
+    e.add_argument("--no-detector", action="store_true",
+                   help="skip hand confidence and alignment (no hand_landmarker.task needed)")
+    e.set_defaults(func=cmd_eval_images)

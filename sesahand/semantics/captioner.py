@@ -1,5 +1,5 @@
-"""Captioner: a local vision-language model writes a caption X_t of an image (METHOD.md,
-component 1, step 1).
+"""Captioner: a local vision-language model writes a caption X_t of an image (docs/method.md,
+behaviour semantics, step 1).
 
 Any VLM that transformers loads from a local folder works: ``AutoProcessor`` +
 ``AutoModelForImageTextToText`` (LLaVA, LLaVA-NeXT, Qwen2-VL / Qwen2.5-VL, SmolVLM / Idefics3,

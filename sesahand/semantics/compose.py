@@ -1,21 +1,28 @@
-"""Composer: the four behaviour fields -> the final prompt P_f (METHOD.md component 1, step 3).
+"""Composer: the four behaviour fields -> the final prompt P_f (docs/method.md, "Behaviour
+semantics", step 3).
+
+The fields are first reduced to what the person does
+(:func:`~sesahand.semantics.focus.focus_fields`): the environment becomes one place phrase
+("in a bakery kitchen"), never a list of objects, and objects stay only in the hand action,
+where a hand interacts with them. This holds for
+every path (template, LLM sentence, the Compose Prompt node), so a field the LLM copied from
+the caption cannot bring the caption's clutter back.
 
 The default is a deterministic template, in the paper's example style ("The person is sitting,
 smiling, and holding a donut with one hand."):
 
     "The person is {pose}, {action}, and {hand_action} {environment}."
 
-Empty fields are left out, a field repeating an earlier one is skipped, and an environment
-that does not start with a preposition gets "in " (plus "a"/"an" when it has no article).
+Empty fields are left out and a field repeating an earlier one is skipped.
 :func:`compose_with_llm` lets the extractor's LLM write the sentence instead and falls back to
-the template when its output is unusable.
+the template when its output is unusable (including when it brings back a word the focusing
+removed).
 
 Token budget: by default the prompt stays within CLIP's 77-token window (start and end
-tokens included), counted with CLIP's BPE tokenizer (:func:`clip_token_count`). Parts are
-dropped lowest priority first (:data:`DROP_ORDER`): the environment's detail (everything after
-its first comma, "with", "and", "where", "while"), the environment, the action's detail, the
-action, the pose's detail, the pose; as a last resort the hand action loses words from its
-end. What was dropped is reported.
+tokens included), counted with CLIP's BPE tokenizer (:func:`clip_token_count`). Whole fields
+are dropped lowest priority first (:data:`DROP_ORDER`): the environment, the action, the
+pose; as a last resort the hand action loses words from its end. What was dropped is
+reported.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from functools import lru_cache
 from typing import Callable
 
 from ..attention.words import is_hand_word, split_words
+from .focus import focus_fields
 from .result import FIELDS
 
 log = logging.getLogger(__name__)
@@ -34,20 +42,11 @@ log = logging.getLogger(__name__)
 #: CLIP's context: start token + 75 prompt tokens + end token.
 CLIP_MAX_TOKENS = 77
 
-#: What is given up, first to last, when the prompt is over budget (the hand action stays).
-DROP_ORDER = (("environment", "detail"), ("environment", "all"), ("action", "detail"),
-              ("action", "all"), ("pose", "detail"), ("pose", "all"))
+#: Fields given up, first to last, when the prompt is over budget (the hand action stays).
+DROP_ORDER = ("environment", "action", "pose")
 
-#: Words an environment phrase may start with as it is.
-PLACE_STARTS = frozenset({
-    "in", "at", "on", "inside", "outside", "near", "by", "beside", "under", "behind",
-    "along", "across", "outdoors", "indoors", "against", "over", "around", "within",
-    "among", "underwater", "before", "beneath", "amid", "next", "from",
-})
-_ARTICLES = frozenset({"a", "an", "the", "his", "her", "their", "its", "my", "our", "some"})
 _SUBJECT = re.compile(r"^(?:the|a)\s+person\s+(?:is\s+)?|^(?:he|she|they)\s+(?:is|are)\s+|^is\s+",
                       re.IGNORECASE)
-_DETAIL = re.compile(r",|;|\s(?:with|and|where|while|which)\s")
 
 
 @lru_cache(maxsize=1)
@@ -78,18 +77,6 @@ def clean_field(text: str) -> str:
     return _SUBJECT.sub("", text).strip(" .,;:!")
 
 
-def environment_phrase(text: str) -> str:
-    """``text`` as a place phrase: kept when it starts with a preposition
-    (:data:`PLACE_STARTS`), else "in " + text, with "a"/"an" added when it has no article
-    ("park" -> "in a park")."""
-    words = text.split()
-    if not words or words[0].lower() in PLACE_STARTS:
-        return text
-    if words[0].lower() not in _ARTICLES:
-        text = ("an " if words[0][0].lower() in "aeiou" else "a ") + text
-    return "in " + text
-
-
 def _join(items: list[str]) -> str:
     if len(items) <= 2:
         return " and ".join(items)
@@ -97,14 +84,15 @@ def _join(items: list[str]) -> str:
 
 
 def template_prompt(fields: dict) -> str:
-    """The deterministic template (module docstring) of the four fields, no budget."""
-    parts = {k: clean_field(fields.get(k, "")) for k in FIELDS}
+    """The deterministic template (module docstring) of the four fields after
+    :func:`~sesahand.semantics.focus.focus_fields`, no budget."""
+    parts = focus_fields({k: clean_field(fields.get(k, "")) for k in FIELDS})
     verbs, seen = [], set()
     for key in ("pose", "action", "hand_action"):
         if parts[key] and parts[key].lower() not in seen:
             seen.add(parts[key].lower())
             verbs.append(parts[key])
-    place = environment_phrase(parts["environment"]) if parts["environment"] else ""
+    place = parts["environment"]
     if verbs:
         return f"The person is {_join(verbs)}{' ' + place if place else ''}."
     return f"A person {place}." if place else "A person."
@@ -122,6 +110,8 @@ class Composition:
             "hand_action words"); empty when nothing was.
         tokens: CLIP tokens of the prompt (start and end included); None without a budget.
         hand_terms: :func:`hand_terms` of the hand action as it appears in the prompt.
+        fields: the focused fields the prompt was composed from (after dropping for the
+            budget).
     """
 
     prompt: str
@@ -130,6 +120,7 @@ class Composition:
     dropped: list[str] = field(default_factory=list)
     tokens: int | None = None
     hand_terms: list[str] = field(default_factory=list)
+    fields: dict = field(default_factory=dict)
 
 
 def _check_budget(max_tokens) -> None:
@@ -147,7 +138,7 @@ def _check_fields(fields) -> dict:
 
 def compose_prompt(fields: dict, max_tokens: int | None = CLIP_MAX_TOKENS,
                    count_tokens: Callable[[str], int] | None = None) -> Composition:
-    """The template prompt of ``fields``, fitted to ``max_tokens``.
+    """The template prompt of ``fields`` (focused: module docstring), fitted to ``max_tokens``.
 
     Args:
         fields: ``{"pose", "action", "hand_action", "environment"}`` strings (missing = "").
@@ -163,27 +154,20 @@ def compose_prompt(fields: dict, max_tokens: int | None = CLIP_MAX_TOKENS,
         RuntimeError: no ``count_tokens`` and open-clip-torch is missing.
     """
     _check_budget(max_tokens)
-    parts = _check_fields(fields)
+    parts = focus_fields({k: clean_field(v) for k, v in _check_fields(fields).items()})
     prompt = template_prompt(parts)
     if max_tokens is None:
-        return Composition(prompt, hand_terms=hand_terms(parts["hand_action"]))
+        return Composition(prompt, hand_terms=hand_terms(parts["hand_action"]), fields=parts)
     count = count_tokens or clip_token_count
     dropped: list[str] = []
-    for key, what in DROP_ORDER:
+    for key in DROP_ORDER:
         if count(prompt) <= max_tokens:
             break
-        if what == "detail":
-            short = _DETAIL.split(clean_field(parts[key]), maxsplit=1)[0]
-            if not short or short == clean_field(parts[key]):
-                continue
-            parts[key] = short
-        elif parts[key]:
+        if parts[key]:
             parts[key] = ""
-        else:
-            continue
-        dropped.append(f"{key.replace('_', ' ')}{' detail' if what == 'detail' else ''}")
-        prompt = template_prompt(parts)
-    words = clean_field(parts["hand_action"]).split()
+            dropped.append(key)
+            prompt = template_prompt(parts)
+    words = parts["hand_action"].split()
     while count(prompt) > max_tokens and words:
         words.pop()
         parts["hand_action"] = " ".join(words)
@@ -193,7 +177,7 @@ def compose_prompt(fields: dict, max_tokens: int | None = CLIP_MAX_TOKENS,
     if dropped:
         log.info("prompt over %d CLIP tokens: dropped %s", max_tokens, ", ".join(dropped))
     return Composition(prompt, "template", bool(dropped), dropped, count(prompt),
-                       hand_terms(parts["hand_action"]))
+                       hand_terms(parts["hand_action"]), parts)
 
 
 def hand_terms(phrase: str) -> list[str]:
@@ -203,14 +187,23 @@ def hand_terms(phrase: str) -> list[str]:
     return list(dict.fromkeys(w for w in split_words(phrase) if is_hand_word(w)))
 
 
+#: Words that carry no object or place: never counted as "brought back" in an LLM sentence.
+_FUNCTION_WORDS = frozenset({
+    "a", "an", "the", "and", "or", "with", "in", "on", "at", "of", "to", "by", "for", "from",
+    "his", "her", "their", "its", "one", "both", "is", "are", "he", "she", "they", "person",
+    "'s", "three", "two", "some", "while", "near", "next", "behind", "beside",
+})
+
+
 def compose_with_llm(extractor, fields: dict, max_tokens: int | None = CLIP_MAX_TOKENS,
                      count_tokens: Callable[[str], int] | None = None) -> Composition:
-    """Let the extractor's LLM write the prompt (``prompts.json`` "compose"), one greedy
-    line of at most 64 new tokens.
+    """Let the extractor's LLM write the prompt (``prompts.json`` "compose") from the
+    focused fields, one greedy line of at most 64 new tokens.
 
-    The sentence is used when it is non-empty, within ``max_tokens`` and contains every hand
-    word of the hand action (:func:`hand_terms`); otherwise the result is
-    :func:`compose_prompt`'s template (``source="template"``).
+    The sentence is used when it is non-empty, within ``max_tokens``, contains every hand
+    word of the hand action (:func:`hand_terms`) and none of the words the focusing removed
+    from ``fields`` (an LLM that restores the caption's clutter is not trusted); otherwise
+    the result is :func:`compose_prompt`'s template (``source="template"``).
 
     Args:
         extractor: an :class:`~sesahand.semantics.extractor.Extractor` (its ``generate``).
@@ -224,16 +217,25 @@ def compose_with_llm(extractor, fields: dict, max_tokens: int | None = CLIP_MAX_
     from .extractor import prompt_templates
 
     _check_budget(max_tokens)
-    parts = _check_fields(fields)
+    raw = {k: clean_field(v) for k, v in _check_fields(fields).items()}
+    parts = focus_fields(raw)
+    removed = (set(split_words(" ".join(raw.values())))
+               - set(split_words(" ".join(parts.values()))) - _FUNCTION_WORDS)
     request = prompt_templates()["compose"].format(fields=json.dumps(parts))
     text = extractor.generate([{"role": "user", "content": request}], stop=("\n",),
                               max_new_tokens=64)
     sentence = " ".join(text.split("\n", 1)[0].split()).strip('"')
     count = count_tokens or clip_token_count
     tokens = count(sentence) if max_tokens is not None else None
-    missing = set(hand_terms(parts["hand_action"])) - set(split_words(sentence))
-    if sentence and not missing and (max_tokens is None or tokens <= max_tokens):
-        return Composition(sentence, "llm", False, [], tokens, hand_terms(parts["hand_action"]))
-    log.info("LLM composition %r unusable (%s); using the template", sentence,
-             f"misses {sorted(missing)}" if missing else "empty or over budget")
+    words = set(split_words(sentence))
+    missing = set(hand_terms(parts["hand_action"])) - words
+    restored = removed & words
+    if sentence and not missing and not restored \
+            and (max_tokens is None or tokens <= max_tokens):
+        return Composition(sentence, "llm", False, [], tokens, hand_terms(parts["hand_action"]),
+                           parts)
+    why = (f"misses {sorted(missing)}" if missing else
+           f"brings back dropped words {sorted(restored)}" if restored else
+           "empty or over budget")
+    log.info("LLM composition %r unusable (%s); using the template", sentence, why)
     return compose_prompt(parts, max_tokens, count_tokens)

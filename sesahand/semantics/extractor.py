@@ -1,4 +1,5 @@
-"""Extractor: caption X_t -> the four behaviour fields (METHOD.md component 1, step 2).
+"""Extractor: caption X_t -> the four behaviour fields (docs/method.md, behaviour semantics,
+step 2).
 
 A local instruction LLM (any causal LM transformers loads from a folder, a ``.gguf`` file, or
 a vision-language model used as a text model) is prompted with few-shot examples
@@ -26,6 +27,8 @@ from importlib import resources
 from pathlib import Path
 
 from ..attention.words import HAND_WORDS, is_gerund, split_words
+from .focus import (ARTICLES, HAND_VERBS, POSTURES, action_phrase, hand_action_phrase,
+                    place_phrase, strip_places)
 from .result import FIELDS
 
 log = logging.getLogger(__name__)
@@ -101,66 +104,21 @@ def validate_semantics(value) -> tuple[dict | None, str | None]:
 
 # --------------------------------------------------------------------------- rule-based
 
-_HAND_VERB_FORMS = (  # (base, third person, gerund)
-    ("hold", "holds", "holding"), ("grab", "grabs", "grabbing"), ("grip", "grips", "gripping"),
-    ("grasp", "grasps", "grasping"), ("carry", "carries", "carrying"),
-    ("wave", "waves", "waving"), ("point", "points", "pointing"),
-    ("touch", "touches", "touching"),
-    ("type", "types", "typing"), ("clap", "claps", "clapping"), ("catch", "catches", "catching"),
-    ("throw", "throws", "throwing"), ("pick", "picks", "picking"), ("pinch", "pinches", "pinching"),
-    ("press", "presses", "pressing"), ("push", "pushes", "pushing"), ("pull", "pulls", "pulling"),
-    ("write", "writes", "writing"), ("cut", "cuts", "cutting"), ("chop", "chops", "chopping"),
-    ("raise", "raises", "raising"), ("shake", "shakes", "shaking"), ("hug", "hugs", "hugging"),
-    ("clasp", "clasps", "clasping"), ("squeeze", "squeezes", "squeezing"),
-    ("tap", "taps", "tapping"),
-    ("scroll", "scrolls", "scrolling"), ("applaud", "applauds", "applauding"),
-)
-
-#: Verbs of hand use for the rule-based fallback: every form -> its "-ing" form.
-HAND_VERBS: dict[str, str] = {form: gerund for forms in _HAND_VERB_FORMS for form in forms
-                              for gerund in forms[2:]}
-
-#: Body-posture words for the ``pose`` field, each mapped to the form the field uses.
-POSTURES: dict[str, str] = {
-    **{w: w for w in ("sitting", "standing", "lying", "kneeling", "crouching", "squatting",
-                      "leaning", "walking", "running", "jumping", "bending", "reclining",
-                      "dancing", "stretching", "climbing", "riding", "swimming", "posing")},
-    "sits": "sitting", "seated": "sitting", "stands": "standing", "lies": "lying",
-    "kneels": "kneeling", "crouches": "crouching", "squats": "squatting", "leans": "leaning",
-    "walks": "walking", "runs": "running", "jumps": "jumping", "bends": "bending",
-    "dances": "dancing", "rides": "riding", "poses": "posing",
-}
-
-#: Place nouns for the ``environment`` field.
-PLACE_WORDS: frozenset[str] = frozenset({
-    "park", "kitchen", "room", "bedroom", "bathroom", "office", "street", "road", "beach",
-    "garden", "yard", "field", "forest", "woods", "mountain", "mountains", "lake", "river",
-    "sea", "ocean", "city", "town", "restaurant", "cafe", "bar", "shop", "store", "market",
-    "classroom", "school", "library", "studio", "gym", "stadium", "court", "stage", "hall",
-    "house", "home", "building", "station", "airport", "train", "bus", "car", "boat",
-    "desk", "table", "bench", "couch", "sofa", "bed", "floor", "window", "snow", "grass",
-    "sand", "water", "pool", "playground", "sidewalk", "alley", "bridge", "desert", "farm",
-    "hospital", "church", "museum", "lab", "laboratory", "workshop", "garage", "porch",
-    "balcony", "rooftop", "backyard", "campus", "plaza", "square", "subway", "background",
-    "outdoors", "indoors", "outside", "inside",
-})
-
-#: Prepositions that open a place phrase ("in a park", "at the table").
-PLACE_PREPOSITIONS = ("in", "at", "on", "inside", "outside", "near", "by", "beside", "under")
-
 _SENTENCE = re.compile(r"(?<=[.!?;])\s+")
 _CLAUSE = re.compile(r",\s*|\s+(?:while|whereas)\s+|\s+and\s+(?=[a-z]+ing\b)")
-_PLACE = re.compile(
-    r"\b(?:" + "|".join(PLACE_PREPOSITIONS) + r")\s+(?:(?:a|an|the|his|her|their|some)\s+)?"
-    r"(?:[a-z'-]+\s+){0,2}(?:" + "|".join(sorted(PLACE_WORDS)) + r")\b")
 
 
-def _clauses(caption: str) -> list[str]:
+def _clauses(caption: str) -> list[tuple[str, bool]]:
+    """(clause, is an object's description): a clause after a comma that starts with an
+    article ("..., a red bucket lying in the sand") describes a thing, not the person."""
     text = " ".join(caption.split())
     parts = []
     for sentence in _SENTENCE.split(text):
-        parts.extend(c.strip(" .!?;") for c in _CLAUSE.split(sentence))
-    return [p for p in parts if p]
+        for k, clause in enumerate(_CLAUSE.split(sentence)):
+            clause = clause.strip(" .!?;")
+            if clause:
+                parts.append((clause, k > 0 and clause.split()[0] in ARTICLES))
+    return parts
 
 
 def _from_first(clause: str, wanted) -> str | None:
@@ -173,49 +131,59 @@ def _from_first(clause: str, wanted) -> str | None:
     return None
 
 
+def _after_article(clause: str, phrase: str) -> bool:
+    before = clause[:len(clause) - len(phrase)].split()
+    return bool(before) and before[-1] in ARTICLES
+
+
 def rule_based_extraction(caption: str) -> dict[str, str]:
     """The four fields from the caption alone, by simple rules (no model).
 
     The caption is split into clauses (sentences, then commas, "while", and "and" before an
-    "-ing" word); then
+    "-ing" word; a clause after a comma that starts with an article describes a thing and
+    gives no pose or action); then, with the distractor rules of :mod:`sesahand.semantics.focus`:
 
     * ``hand_action``: clauses naming a hand word (:data:`~sesahand.attention.words.HAND_WORDS`)
-      or a hand verb (:data:`HAND_VERBS`), each from its first hand verb or "-ing" word (or
-      the clause start) on, the verb in its "-ing" form, joined with ", ";
-    * ``environment``: the place phrases "preposition [article] [up to two words] place"
-      (:data:`PLACE_WORDS`, :data:`PLACE_PREPOSITIONS`), in order, without repeats;
-    * ``pose``: the posture words (:data:`POSTURES`, as "-ing" forms) in order, joined
-      with " and ";
+      or a hand verb (:data:`~sesahand.semantics.focus.HAND_VERBS`), each from its first hand
+      verb or "-ing" word (or the clause start) on, the verb in its "-ing" form, joined with
+      ", " and reduced to the objects the hands interact with
+      (:func:`~sesahand.semantics.focus.hand_action_phrase`);
+    * ``environment``: the first place phrase, "place preposition [article] [modifiers]
+      scene noun" (:func:`~sesahand.semantics.focus.place_phrase`); objects and furniture
+      never count ("at the table" is not a place);
+    * ``pose``: the posture words (:data:`~sesahand.semantics.focus.POSTURES`, as "-ing"
+      forms) in order, joined with " and ";
     * ``action``: the first "-ing" word of the remaining clauses (not a posture or hand
-      word) with the rest of its clause, minus any place phrase.
+      word) with the rest of its clause, as one verb phrase
+      (:func:`~sesahand.semantics.focus.action_phrase`).
 
     Fields with nothing found are empty strings. Lower case, whitespace collapsed.
     """
     clauses = _clauses(caption[:MAX_CAPTION_CHARS].lower())
-    hands, actions, poses, places = [], [], [], []
-    for clause in clauses:
+    hands, actions, poses, place = [], [], [], ""
+    for clause, is_thing in clauses:
         words = split_words(clause)
-        for word in words:
+        for word in [] if is_thing else words:
             if word in POSTURES and POSTURES[word] not in poses:
                 poses.append(POSTURES[word])
-        for match in _PLACE.finditer(clause):
-            if match.group(0) not in places:
-                places.append(match.group(0))
+        place = place or place_phrase(clause, need_preposition=True)
         if any(w in HAND_WORDS or w in HAND_VERBS for w in words):
             phrase = _from_first(clause, lambda w: w in HAND_VERBS or is_gerund(w)) or clause
             verb, _, rest = phrase.partition(" ")
             hands.append(" ".join([HAND_VERBS.get(verb, verb), rest]).strip())
             continue
-        phrase = _from_first(clause, lambda w: is_gerund(w) and w not in POSTURES)
-        if phrase:
-            phrase = " ".join(_PLACE.sub("", phrase).split())
-            if phrase and phrase not in actions:
-                actions.append(phrase)
+        phrase = None if is_thing else _from_first(
+            clause, lambda w: is_gerund(w) and w not in POSTURES)
+        if phrase and _after_article(clause, phrase):  # "a watering can" is an object
+            phrase = None
+        phrase = action_phrase(strip_places(phrase)) if phrase else ""
+        if phrase and phrase not in actions:
+            actions.append(phrase)
     return {
         "pose": " and ".join(poses),
         "action": actions[0] if actions else "",
-        "hand_action": ", ".join(dict.fromkeys(hands)),
-        "environment": ", ".join(places),
+        "hand_action": hand_action_phrase(", ".join(dict.fromkeys(hands))),
+        "environment": place,
     }
 
 

@@ -1,4 +1,4 @@
-"""The behaviour-semantics pipeline (METHOD.md component 1): image -> caption -> four fields
+"""The behaviour-semantics pipeline (docs/method.md): image -> caption -> four fields
 -> pose-aware hand action -> prompt and AE hand terms, with caching.
 
 Cache entries (:class:`~sesahand.semantics.cache.SemanticsCache`), so re-running a dataset

@@ -1,4 +1,4 @@
-"""The result of the behaviour-semantics pipeline for one image (METHOD.md, component 1).
+"""The result of the behaviour-semantics pipeline for one image (docs/method.md).
 
 A :class:`SemanticsResult` carries every intermediate product (raw caption, the four-field
 JSON, the final prompt, the hand terms for AE) and which path produced each one, so a dataset

@@ -1,4 +1,5 @@
-"""Training the SesaHand ControlNet (METHOD.md "Backbone", SF and AE active in training).
+"""Training the SesaHand ControlNet (docs/method.md, "Backbone and loss"; SF and AE active in
+training).
 
 * :mod:`.config`: the YAML config (``load_config``, ``TrainConfig``, ``config_hash``).
 * :mod:`.data`: records from dataset folders, cached condition renders, label-keeping

@@ -40,7 +40,7 @@ class ModelConfig:
             (local only). Required. SDXL and other families are refused.
         controlnet_init: ``null`` = a new ControlNet copied from the UNet encoder (zero convs
             at 0); or an existing SD1.5 ControlNet (file or diffusers folder) to start from.
-        fusion: SF reading, ``"tokens"`` or ``"gate"`` (METHOD.md, component 2).
+        fusion: SF reading, ``"tokens"`` or ``"gate"`` (docs/method.md, SF).
         w: SF blend weight in [0, 1]; 1 = the paper's SF, 0 = SF off.
         alpha: AE bias on hand-token logits (eq. AE-1), >= 0; 2.0 is the paper's best, 0 = off.
         attention_layers: cross-attention layers that get the AE bias, ``"decoder"`` or ``"all"``.
@@ -129,7 +129,7 @@ class OptimConfig:
     """Optimisation.
 
     Attributes:
-        lr: AdamW learning rate (METHOD.md: 1e-5).
+        lr: AdamW learning rate (docs/method.md: 1e-5).
         weight_decay, adam_beta1, adam_beta2, adam_epsilon: AdamW settings.
         max_grad_norm: gradient clipping (``null`` = none).
         lr_scheduler: ``constant``, ``constant_with_warmup``, ``linear`` or ``cosine``

@@ -1,4 +1,4 @@
-"""The training loop (METHOD.md "Backbone"): HuggingFace ``accelerate`` around
+"""The training loop (docs/method.md, "Backbone and loss"): HuggingFace ``accelerate`` around
 :func:`sesahand.train.model.training_loss`.
 
 One process or many: ``python -m sesahand train --config C.yaml`` runs on one device;

@@ -1,6 +1,6 @@
-"""The model SesaHand trains (METHOD.md "Backbone"): frozen SD1.5, a trainable diffusers
-``ControlNetModel`` with hierarchical structural fusion (SF, eq. SF-1..3) and the hand-attention
-bias (AE, eq. AE-1) on the frozen UNet's cross-attention, and the noise-prediction loss
+"""The model SesaHand trains (docs/method.md, "Backbone and loss"): frozen SD1.5, a trainable
+diffusers ``ControlNetModel`` with hierarchical structural fusion (SF, eq. SF-1..3) and the
+hand-attention bias (AE, eq. AE-1) on the frozen UNet's cross-attention, and the noise-prediction loss
 ``L = E || eps - eps_theta(z_t, t, c_t, c_f) ||^2``.
 
 SF and AE use the same math as the ComfyUI nodes (``sesahand.control.fusion``,
@@ -580,7 +580,8 @@ def install_hand_attention(unet, alpha: float, layers: str = "decoder") -> HandA
     Args:
         unet: a diffusers ``UNet2DConditionModel`` (SD1.5).
         alpha: bias in [0, 10] (the paper's best: 2.0); 0 leaves the UNet's output unchanged.
-        layers: ``"decoder"`` (METHOD.md's choice: every ``attn2`` of ``up_blocks``) or ``"all"``.
+        layers: ``"decoder"`` (the method's choice, docs/method.md: every ``attn2`` of
+            ``up_blocks``) or ``"all"``.
 
     Returns:
         :class:`HandAttention`; the bias acts once a token mask is set
@@ -622,7 +623,7 @@ def encode_latents(vae, pixel_values: torch.Tensor, generator: torch.Generator |
 
 def training_loss(sd: SD15, controlnet: FusedControlNet, batch: dict, hand_attention: HandAttention | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """The noise-prediction loss of one batch (METHOD.md "Backbone").
+    """The noise-prediction loss of one batch (docs/method.md, "Backbone and loss").
 
     VAE-encodes the images (scaled latents), draws noise and timesteps uniformly in
     [0, num_train_timesteps), noises the latents with ``sd.noise_scheduler``, runs the

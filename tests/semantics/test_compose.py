@@ -7,19 +7,20 @@ import pytest
 
 from sesahand.attention.words import is_hand_word, split_words
 from sesahand.semantics.compose import (CLIP_MAX_TOKENS, clip_token_count, compose_prompt,
-                                        compose_with_llm, environment_phrase, hand_terms,
-                                        template_prompt)
+                                        compose_with_llm, hand_terms, template_prompt)
 
 PAPER = {"pose": "sitting", "action": "smiling", "hand_action": "holding a donut with one hand",
          "environment": ""}
 
 LONG = {
-    "pose": "sitting on a very old wooden bench with carved armrests and peeling green paint",
-    "action": "reading a thick newspaper, smiling at the headlines and sipping hot tea from a mug",
-    "hand_action": "holding a cup of coffee in the right hand while turning the pages with the "
-                   "left hand, fingers spread on the paper",
-    "environment": "in a sunny park, with tall oak trees, a pond with ducks, children playing "
-                   "on the grass and a fountain in the distance",
+    "pose": "sitting cross-legged",
+    "action": "reading a thick newspaper about the upcoming elections in the neighbouring "
+              "country",
+    "hand_action": "holding a large cup of very hot black coffee in the right hand, turning "
+                   "the thin pages of the morning paper with the left hand, fingers spread "
+                   "wide on the paper, the thumb pressing the folded corner of the page, the "
+                   "index finger tapping the headline of the sports section twice",
+    "environment": "in a sunny park",
 }
 
 
@@ -52,10 +53,12 @@ def test_template_skips_empty_and_repeated_fields_and_cleans_them():
 
 @pytest.mark.parametrize("text, phrase", [
     ("in a park", "in a park"), ("park", "in a park"), ("office", "in an office"),
-    ("the kitchen", "in the kitchen"), ("outdoors", "outdoors"), ("at a table", "at a table"),
+    ("the kitchen", "in the kitchen"), ("outdoors", "outdoors"), ("at a table", ""),
+    ("beach", "on a beach"),
 ])
-def test_environment_phrase(text, phrase):
-    assert environment_phrase(text) == phrase
+def test_environment_becomes_a_place_phrase(text, phrase):
+    fields = {"pose": "standing", "environment": text}
+    assert template_prompt(fields) == f"The person is standing{' ' + phrase if phrase else ''}."
 
 
 def test_clip_count_includes_start_and_end_tokens(clip_bpe):
@@ -76,7 +79,7 @@ def test_long_prompt_fits_clip_window_dropping_lowest_priority_first(clip_bpe):
     result = compose_prompt(LONG)
     assert result.truncated
     assert result.tokens == len(clip_bpe.encode(result.prompt)) + 2 <= CLIP_MAX_TOKENS
-    assert result.dropped[0] == "environment detail", "environment detail goes first"
+    assert result.dropped[0] == "environment", "the environment goes first"
     assert LONG["hand_action"].split(",")[0] in result.prompt, "the hand action stays"
 
 
@@ -84,8 +87,7 @@ def test_long_prompt_fits_clip_window_dropping_lowest_priority_first(clip_bpe):
 def test_every_budget_is_met_and_priorities_hold(budget):
     result = compose_prompt(LONG, budget, words_count)
     assert words_count(result.prompt) == result.tokens <= budget
-    order = ["environment detail", "environment", "action detail", "action", "pose detail",
-             "pose", "hand action words"]
+    order = ["environment", "action", "pose", "hand action words"]
     assert result.dropped == order[:len(result.dropped)], "dropped in priority order"
     assert result.truncated == bool(result.dropped)
     if "hand action words" not in result.dropped:

@@ -65,3 +65,18 @@ def test_real_llm_composition_is_a_sentence_or_the_template(smollm2):
     composed = compose_with_llm(smollm2, fields)
     assert composed.source in ("llm", "template")
     assert composed.tokens <= 77 and "holding" in composed.prompt.lower()
+
+
+BAKERY = ("A baker stands in a bakery kitchen behind a steel table with three baskets of "
+          "croissants, a scale and a clock, shaping dough with both hands.")
+
+
+def test_real_llm_prompt_drops_the_distractors(smollm2):
+    """Whatever the small model extracts (it often copies the caption), the composed prompt,
+    template or LLM-written, names no object that no hand touches (issue 13, item 7)."""
+    result, = SemanticsPipeline(None, smollm2).run_captions([BAKERY])
+    by_llm = compose_with_llm(smollm2, result.semantics)
+    clutter = {"steel", "table", "baskets", "croissants", "scale", "clock"}
+    for prompt in (result.prompt, by_llm.prompt):
+        words = set(prompt.lower().replace(",", " ").replace(".", " ").split())
+        assert not words & clutter, (prompt, result.semantics)
