@@ -45,7 +45,7 @@ const HELP = `
 <tr><td>H or ?</td><td>this help; Esc closes it</td></tr>
 </table>
 Joint markers: green within limits, orange near a limit, red at a limit (angles are clamped to
-the anatomical limits of the pack; a straight finger at 0&deg; is not flagged). The text box under the editor is the pose JSON the node
+the anatomical limits of the pack; a straight finger at 0&deg; is not flagged). The text box above the editor is the pose JSON the node
 uses; edit it by hand if you like.`;
 
 let threePromise = null;
@@ -99,9 +99,10 @@ const el = (tag, attrs = {}, ...children) => {
 };
 
 const STYLE = `
-.sesahand-editor { display:flex; flex-direction:column; gap:4px; font:12px sans-serif; color:#ddd;
+.sesahand-editor { position:relative; display:flex; flex-direction:column; gap:4px; font:12px sans-serif; color:#ddd;
   background:#1e1e1e; border-radius:6px; padding:4px; box-sizing:border-box; outline:none; }
 .sesahand-editor:focus-within { box-shadow:0 0 0 1px #6699ff; }
+.sesahand-editor .keys { position:absolute; width:1px; height:1px; opacity:0; border:0; padding:0; pointer-events:none; }
 .sesahand-editor .bar { display:flex; flex-wrap:wrap; gap:3px; align-items:center; }
 .sesahand-editor button, .sesahand-editor select { background:#333; color:#ddd; border:1px solid #555;
   border-radius:4px; padding:2px 6px; font-size:12px; cursor:pointer; }
@@ -158,7 +159,7 @@ class HandPoseEditor {
   // ----------------------------------------------------------------------------- DOM
   build() {
     injectStyle();
-    const button = (label, title, fn) => el("button", { title, onclick: (e) => { e.preventDefault(); fn(); } }, label);
+    const button = (label, title, fn) => el("button", { title, onclick: (e) => { e.preventDefault(); this.focus(); fn(); } }, label);
     this.sideButtons = {
       right: button("Right", "one right hand", () => this.setHands("right")),
       left: button("Left", "one left hand", () => this.setHands("left")),
@@ -171,7 +172,10 @@ class HandPoseEditor {
       this.presetSelect.value = "";
     });
     this.camButton = button("Camera view", "C: look through the output camera", () => this.toggleCameraView());
-    this.root = el("div", { class: "sesahand-editor", tabindex: "0" },
+    // Keyboard focus sits in a hidden read-only <input>: ComfyUI's workflow undo (a window
+    // capture listener that runs before any of ours) leaves keys typed into inputs alone.
+    this.keys = el("input", { class: "keys", readonly: "", "aria-label": "hand-pose editor keyboard" });
+    this.root = el("div", { class: "sesahand-editor" }, this.keys,
       el("div", { class: "bar" },
         this.sideButtons.right, this.sideButtons.left, this.sideButtons.both, this.presetSelect,
         button("Mirror", "M: mirror the selected hand", () => this.mirror()),
@@ -292,8 +296,12 @@ class HandPoseEditor {
       return false;
     }
     this.textError = false;
-    await this.setState(parsed.state, { undoable, writeText: !keepText, notes: parsed.notes });
-    if (keepText) this.lastPoseText = text;
+    // Clamped angles change the pose: the text is rewritten so that the node renders what the
+    // editor shows. Otherwise the text stays as it was given (a loaded workflow is unchanged).
+    const rewrite = !keepText || parsed.clamped.length > 0;
+    await this.setState(parsed.state, { undoable, writeText: rewrite,
+      notes: [...parsed.notes, ...parsed.clamped.map((c) => `clamped: ${c}`)] });
+    if (!rewrite) this.lastPoseText = text;
     return true;
   }
 
@@ -781,8 +789,12 @@ class HandPoseEditor {
     return best && best.d < 0.35 * palmWidth ? { hand: handIndex, joint: best.joint } : null;
   }
 
+  focus() {
+    this.keys.focus({ preventScroll: true });
+  }
+
   onPointerDown(e) {
-    this.root.focus({ preventScroll: true });
+    this.focus();
     if (!this.state || !this.meshes.length) return;
     if (this.cameraView) {
       if (e.button !== 0) return;
@@ -855,7 +867,7 @@ class HandPoseEditor {
 
   // ----------------------------------------------------------------------------- keys
   onKey(e) {
-    if (e.target.tagName === "INPUT" || e.target.tagName === "SELECT") {
+    if (e.target !== this.keys && (e.target.tagName === "INPUT" || e.target.tagName === "SELECT")) {
       e.stopPropagation();  // typing a number must not trigger ComfyUI's shortcuts either
       return;
     }
@@ -953,9 +965,9 @@ app.registerExtension({
         getHeight: () => 520,
       });
       widget.serialize = false;  // nothing of the editor itself goes into the workflow or prompt
-      // Show the editor above the JSON text it writes.
-      this.widgets.splice(this.widgets.indexOf(widget), 1);
-      this.widgets.splice(this.widgets.indexOf(poseWidget), 0, widget);
+      // The editor stays after pose_json: litegraph serialises widget values by widget index
+      // but restores them by index among serialisable widgets, so a non-serialised widget in
+      // front of pose_json would shift its saved value.
       if (poseWidget.element) poseWidget.element.style.fontSize = "10px";
       // Hand edits of the JSON (the text box calls back on every keystroke): checked once the
       // typing pauses.

@@ -280,8 +280,9 @@ def _box_of(model, params, camera: Camera) -> dict:
     return {"center": ((lo + hi) / 2).tolist(), "size": float((hi - lo).max())}
 
 
-def parse_pose_text(text, model=None) -> tuple[dict, list[str]]:
-    """Editor state of pose JSON text (the first frame), and notes on what was changed.
+def parse_pose_text(text, model=None) -> tuple[dict, list[str], list[str]]:
+    """Editor state of pose JSON text (the first frame), notes on how it was read, and the
+    joint angles that were clamped to the limits (the state then differs from the text).
 
     Presets become their joint angles; ``hand_pose`` is decomposed into joint angles (angles
     outside the limits are clamped and listed; a pose the angles cannot express is noted);
@@ -322,6 +323,9 @@ def parse_pose_text(text, model=None) -> tuple[dict, list[str]]:
         if not np.allclose(K, expected, rtol=1e-4, atol=1e-3):
             notes.append(f"camera K is not a centred pinhole; the editor uses a {fov:.1f} degree "
                          "field of view at the same size")
+    else:
+        notes.append("the pose has no camera: the editor shows it in a 512x512, 40 degree camera, "
+                     "SesaHand Render Conditions renders it with its own until the pose is edited")
     camera = camera_of(state["camera"])
     hands = frame["hands"]
     if not 1 <= len(hands) <= MAX_HANDS:
@@ -363,7 +367,7 @@ def parse_pose_text(text, model=None) -> tuple[dict, list[str]]:
         state, clamped = check_state(state)
     except EditorInputError as exc:
         raise EditorInputError(f"the pose cannot be edited: {exc}") from None
-    return state, notes + clamped
+    return state, notes, clamped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,12 +423,12 @@ def resolve_request(body: dict) -> dict:
 
 
 def parse_request(body: dict) -> dict:
-    """``/sesahand/editor/parse``: pose JSON text (and model) -> state and notes."""
+    """``/sesahand/editor/parse``: pose JSON text (and model) -> state, notes, clamped angles."""
     body = _object(body, "request", {"model", "mano_file", "pose_json"}, {"model", "pose_json"})
     model = editor_model(body["model"], body.get("mano_file", ""))
     with _MODEL_LOCK:
-        state, notes = parse_pose_text(body["pose_json"], model)
-    return {"state": state, "notes": notes}
+        state, notes, clamped = parse_pose_text(body["pose_json"], model)
+    return {"state": state, "notes": notes, "clamped": clamped}
 
 
 def mesh_request(query) -> dict:

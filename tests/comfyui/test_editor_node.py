@@ -33,8 +33,8 @@ def test_state_round_trips_through_pose_json(editor):
     state, clamped = editor.check_state(state)
     assert clamped == []
     pose = editor.state_to_pose(state)
-    back, notes = editor.parse_pose_text(json.dumps(pose))
-    assert notes == []
+    back, notes, clamped = editor.parse_pose_text(json.dumps(pose))
+    assert notes == [] and clamped == []
     for h0, h1 in zip(state["hands"], back["hands"]):
         assert h1["side"] == h0["side"] and h1["box"] == h0["box"]
         assert h1["orient"] == pytest.approx(h0["orient"], abs=1e-6)
@@ -54,19 +54,19 @@ def test_out_of_limit_angles_are_clamped_and_named(editor):
     hand_pose = torch.tensor(pose["frames"][0]["hands"][0]["hand_pose"])
     hand_pose[(3 + 1) * 3 + 2] = 2.5  # middle PIP (MANO joint 4) about +z: 143 degrees
     pose["frames"][0]["hands"][0]["hand_pose"] = hand_pose.tolist()
-    state, notes = editor.parse_pose_text(json.dumps(pose))
+    state, notes, clamped = editor.parse_pose_text(json.dumps(pose))
     assert state["hands"][0]["angles"]["middle"]["pip"] == 110.0
-    assert any("middle pip" in n for n in notes)
+    assert notes == [] and len(clamped) == 1 and "middle pip" in clamped[0]
 
 
 def test_presets_and_transl_hands_become_editable_states(editor, comfyui):
     model = editor.editor_model("anny (open)", "")
     text = json.dumps({"frames": [{"hands": [
         {"side": "left", "preset": "fist", "transl": [0.02, 0.0, 0.6]}]}]})
-    state, notes = editor.parse_pose_text(text, model)
+    state, notes, clamped = editor.parse_pose_text(text, model)
     hand = state["hands"][0]
     assert hand["side"] == "left" and hand["angles"] == editor.preset_angles("fist")
-    assert any("transl" in n for n in notes)
+    assert any("transl" in n for n in notes) and any("no camera" in n for n in notes) and clamped == []
     # The box is where the transl put the hand: placing the hand by it gives the same image box.
     import base64
 
