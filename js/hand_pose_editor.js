@@ -121,11 +121,11 @@ const STYLE = `
 .sesahand-editor .row input[type=number] { width:40px; background:#222; color:#ddd; border:1px solid #444; font-size:11px; }
 .sesahand-editor .status { min-height:16px; font-size:11px; white-space:pre-wrap; }
 .sesahand-editor .status.error { color:#f66; } .sesahand-editor .status.warn { color:#fb4; }
-.sesahand-editor .gauge { position:absolute; left:6px; bottom:6px; right:6px; pointer-events:none;
+.sesahand-editor .gauge { position:absolute; z-index:2; left:6px; bottom:6px; right:6px; pointer-events:none;
   background:rgba(0,0,0,.6); border-radius:4px; padding:3px 6px; display:none; }
 .sesahand-editor .gauge .track { position:relative; height:6px; background:#444; border-radius:3px; margin-top:3px; }
 .sesahand-editor .gauge .fill { position:absolute; top:-2px; width:4px; height:10px; border-radius:2px; }
-.sesahand-editor .help { position:absolute; inset:6px; background:rgba(10,10,10,.92); border-radius:6px;
+.sesahand-editor .help { position:absolute; z-index:3; inset:6px; background:rgba(10,10,10,.92); border-radius:6px;
   padding:8px; overflow:auto; display:none; font-size:12px; line-height:1.4; }
 .sesahand-editor .help td { padding:1px 6px 1px 0; vertical-align:top; }
 .sesahand-editor .help td:first-child { white-space:nowrap; color:#9bf; }
@@ -660,7 +660,8 @@ class HandPoseEditor {
     const mesh = this.meshes[this.hand];
     if (!hand || !mesh || mesh.side !== hand.side) { this.render(); return; }
     const colors = { ok: 0x55cc55, near: 0xee9900, limit: 0xee3333 };
-    const scale = (this.handCentre().z || 0.5) * 0.012;
+    const palm = new THREE.Vector3().fromArray(mesh.joints[5]).distanceTo(new THREE.Vector3().fromArray(mesh.joints[17]));
+    const scale = 0.09 * palm;
     for (const j of JOINT_TABLE) {
       const states = [j.flex, j.side].filter(Boolean).map((a) => this.limitState(j.finger, a, hand.angles[j.finger][a]));
       const st = states.includes("limit") ? "limit" : states.includes("near") ? "near" : "ok";
