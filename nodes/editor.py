@@ -411,8 +411,8 @@ def editor_model(model: str, mano_file: str):
 def resolve_request(body: dict) -> dict:
     """``/sesahand/editor/resolve``: a state (and model) -> pose JSON, clamped state, meshes."""
     body = _object(body, "request", {"model", "mano_file", "state"}, {"model", "state"})
-    state, clamped = check_state(body["state"])
     model = editor_model(body["model"], body.get("mano_file", ""))
+    state, clamped = check_state(body["state"])
     pose = state_to_pose(state)
     with _MODEL_LOCK:
         try:
