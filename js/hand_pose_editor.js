@@ -113,12 +113,12 @@ const STYLE = `
 .sesahand-editor .panel { width:230px; overflow-y:auto; padding-right:2px; }
 .sesahand-editor .group { border-top:1px solid #333; padding:2px 0; }
 .sesahand-editor .group b { display:block; margin:2px 0; text-transform:capitalize; }
-.sesahand-editor .row { display:grid; grid-template-columns:44px 1fr 42px; gap:3px; align-items:center; }
+.sesahand-editor .row { display:grid; grid-template-columns:44px 1fr 48px; gap:3px; align-items:center; }
 .sesahand-editor .row.sel { background:#2c3a55; border-radius:3px; }
 .sesahand-editor .row input[type=range] { width:100%; accent-color:#6a6; }
 .sesahand-editor .row.near input[type=range] { accent-color:#e90; }
 .sesahand-editor .row.limit input[type=range] { accent-color:#e33; }
-.sesahand-editor .row input[type=number] { width:40px; background:#222; color:#ddd; border:1px solid #444; font-size:11px; }
+.sesahand-editor .row input[type=number] { width:46px; background:#222; color:#ddd; border:1px solid #444; font-size:11px; }
 .sesahand-editor .status { min-height:16px; font-size:11px; white-space:pre-wrap; }
 .sesahand-editor .status.error { color:#f66; } .sesahand-editor .status.warn { color:#fb4; }
 .sesahand-editor .gauge { position:absolute; z-index:2; left:6px; bottom:6px; right:6px; pointer-events:none;
@@ -194,6 +194,8 @@ class HandPoseEditor {
       this.status = el("div", { class: "status" }));
     this.help.innerHTML = HELP;
     this.root.addEventListener("keydown", (e) => this.onKey(e));
+    // The hand model is chosen in another node: look again whenever the pointer comes back.
+    this.root.addEventListener("pointerenter", () => this.checkModel());
     for (const type of ["wheel", "contextmenu"]) {
       this.view.addEventListener(type, (e) => { e.preventDefault(); e.stopPropagation(); }, { passive: false });
     }
@@ -280,6 +282,12 @@ class HandPoseEditor {
     return fromNode(any) ?? { model: "anny (open)", mano_file: "" };
   }
 
+  checkModel() {
+    if (this.ready && this.state && this.modelKey && JSON.stringify(this.modelChoice()) !== this.modelKey) {
+      this.resolve({ writeText: false });  // same pose JSON, another model's mesh
+    }
+  }
+
   /** Load the widget's pose JSON (workflow load, or a hand edit). Invalid: error, keep pose. */
   async loadText(text, { undoable = false, keepText = true } = {}) {
     if (!text || !text.trim()) {
@@ -330,6 +338,7 @@ class HandPoseEditor {
         const { state, writeText, notes } = this.pending;
         this.pending = null;
         const choice = this.modelChoice();
+        this.modelKey = JSON.stringify(choice);
         let result;
         try {
           result = await postJSON("/sesahand/editor/resolve", { ...choice, state });

@@ -30,15 +30,21 @@ import math
 import threading
 from pathlib import Path
 
-import folder_paths
 import numpy as np
 import torch
 from comfy_api.latest import io
 from scipy.spatial.transform import Rotation
 
 from ..sesahand.hands import PoseSpec
-from ..sesahand.hands.anatomy import FINGERS, LIMITS, PALM_NORMAL, THUMB_DIRECTIONS, \
-    THUMB_PRONATION_DEG, HandAngles, MANO_FINGER_SLOTS
+from ..sesahand.hands.anatomy import (
+    FINGERS,
+    LIMITS,
+    MANO_FINGER_SLOTS,
+    PALM_NORMAL,
+    THUMB_DIRECTIONS,
+    THUMB_PRONATION_DEG,
+    HandAngles,
+)
 from ..sesahand.hands.base import mirror_rotvec
 from ..sesahand.hands.poses import PRESENT_ORIENT, PRESET_BOX_FRACTION, load_presets, parse_pose_document
 from ..sesahand.hands.types import SIDES, Camera

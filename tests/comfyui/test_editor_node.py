@@ -130,6 +130,13 @@ def test_requests_name_models_from_the_lists_only(editor):
         editor.resolve_request({"model": "anny (open)", "state": editor.default_state(), "path": "/x"})
 
 
+def test_editor_node_schema_follows_the_pack_conventions(comfyui):
+    info = comfyui.node("SesaHandHandPoseEditor").GET_NODE_INFO_V1()
+    assert info["category"] == "SesaHand/hands" and info["display_name"] == "SesaHand Hand Pose Editor"
+    assert info["input"]["required"]["pose_json"][1]["tooltip"]
+    assert info["output"] == ["SESAHAND_POSE"]
+
+
 def test_editor_node_refuses_paths_and_takes_an_empty_value(comfyui, editor):
     node = comfyui.node("SesaHandHandPoseEditor")
     assert "not a path" in node.validate_inputs(pose_json="poses/hand.json")
