@@ -34,9 +34,13 @@ def _skip(reason: str):
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """A Playwright Chromium browser running the system's Chromium."""
+    """A Playwright Chromium browser running the system's Chromium.
+
+    Module-scoped: Playwright's sync API keeps an asyncio loop running in this thread while it
+    is open, which would break later tests that call ``asyncio.run`` (the in-process ComfyUI
+    tier), so it is closed when the module's tests are done."""
     if not CHROMIUM.is_file():
         _skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set SESAHAND_CHROMIUM)")
     try:
