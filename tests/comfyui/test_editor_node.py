@@ -142,3 +142,18 @@ def test_editor_node_refuses_paths_and_takes_an_empty_value(comfyui, editor):
     assert "not a path" in node.validate_inputs(pose_json="poses/hand.json")
     assert node.validate_inputs(pose_json="") is True
     assert node.execute(pose_json="")[0].kind == "json"
+
+
+def test_mano_hands_of_both_sides_are_posed_and_served(comfyui, editor, load_local):
+    pytest.importorskip("smplx")
+    load_local("tests/hands/mano_fixtures.py").write_mano_pair(comfyui.mano_dir)
+    state = editor.default_state()
+    state["hands"].append(copy.deepcopy(state["hands"][0]) | {"side": "left"})
+    out = editor.resolve_request({"model": "mano", "mano_file": "MANO_RIGHT.pkl", "state": state})
+    import base64
+
+    assert [h["side"] for h in out["hands"]] == ["right", "left"]
+    assert all(len(base64.b64decode(h["vertices"])) == 778 * 3 * 4 for h in out["hands"])
+    for side in ("right", "left"):
+        mesh = editor.mesh_request({"model": "mano", "mano_file": "MANO_RIGHT.pkl", "side": side})
+        assert mesh["model"] == "mano" and mesh["num_faces"] == 1538
