@@ -196,6 +196,9 @@ class HandPoseEditor {
     this.root.addEventListener("keydown", (e) => this.onKey(e));
     // The hand model is chosen in another node: look again whenever the pointer comes back.
     this.root.addEventListener("pointerenter", () => this.checkModel());
+    // Keep the keyboard in the editor: a click on the view would otherwise move the focus to
+    // the page (mousedown's default), where Ctrl+Z is ComfyUI's workflow undo.
+    this.view.addEventListener("mousedown", (e) => { e.preventDefault(); this.focus(); });
     for (const type of ["wheel", "contextmenu"]) {
       this.view.addEventListener(type, (e) => { e.preventDefault(); e.stopPropagation(); }, { passive: false });
     }

@@ -104,7 +104,8 @@ def test_pointer_drag_bends_a_finger_and_undo_redo(page, shots):
     assert hand_pose[5] == pytest.approx(np.radians(pip), abs=1e-4)  # index2 about +z (MANO)
     page.screenshot(path=str(shots / "editor_finger_posed.png"))
 
-    page.focus(".sesahand-editor .keys")
+    assert page.evaluate("() => document.activeElement.classList.contains('keys')"), \
+        "after a drag in the view the editor keeps the keyboard"
     page.keyboard.press("Control+z")
     wait_idle(page)
     assert angles(page)["pip"] == 0.0 and page.evaluate(TEXT) != text
@@ -115,6 +116,22 @@ def test_pointer_drag_bends_a_finger_and_undo_redo(page, shots):
     page.keyboard.press("c")  # camera view: the exact output image with its box
     page.wait_for_timeout(300)
     page.screenshot(path=str(shots / "editor_camera_view.png"))
+    # Framing with the pointer: dragging in the camera view moves the hand's image box.
+    box = page.locator(".sesahand-editor .view canvas").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    scale = page.evaluate(f"() => {EDITOR}.sesahandEditor.imageRect().scale")
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    for k in range(1, 6):
+        page.mouse.move(cx + 10 * k, cy)
+    page.mouse.up()
+    wait_idle(page)
+    moved = page.evaluate(STATE)["hands"][0]["box"]["center"]
+    assert moved[0] == pytest.approx(256 + 50 / scale, abs=0.5) and moved[1] == pytest.approx(256)
+    assert json.loads(page.evaluate(TEXT))["frames"][0]["hands"][0]["box"]["center"] == moved
+    page.keyboard.press("Control+z")
+    wait_idle(page)
+    assert page.evaluate(TEXT) == text
     page.keyboard.press("h")
     page.wait_for_timeout(200)
     assert page.is_visible(".sesahand-editor .help")
@@ -224,6 +241,10 @@ def test_two_hands_mirror_and_reset(page, shots):
     state = page.evaluate(STATE)
     assert state["hands"][1]["angles"] == state["hands"][0]["angles"]
     assert state["hands"][1]["box"]["center"][0] == pytest.approx(512 - state["hands"][0]["box"]["center"][0])
+    page.select_option(".sesahand-editor select", "fist")  # the selected (right) hand
+    wait_idle(page)
+    state = page.evaluate(STATE)
+    assert state["hands"][0]["angles"]["index"] == {"mcp": 85.0, "pip": 100.0, "dip": 65.0, "spread": 0.0}
     page.keyboard.press("r")
     wait_idle(page)
     assert all(h["angles"]["index"]["pip"] == 0.0 for h in page.evaluate(STATE)["hands"])
