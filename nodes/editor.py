@@ -67,6 +67,11 @@ VENDOR_FILES = {"three.module.js": "text/javascript", "three.core.js": "text/jav
 JOINTS = {**{f: ("mcp", "pip", "dip", "spread") for f in FINGERS}, "thumb": ("abduct", "cross", "mcp", "ip")}
 #: Decomposition residual (degrees) above which a hand_pose counts as not expressible in angles.
 RESIDUAL_DEG = 0.5
+#: Angles this close beyond a limit (degrees; float32 round-off of a pose written at its
+#: limit) are set to the limit without a "clamped" message.
+LIMIT_TOLERANCE_DEG = 1e-3
+#: Decimals (degrees) kept of angles decomposed from hand_pose.
+ANGLE_DECIMALS = 4
 
 _MODEL_LOCK = threading.Lock()
 
@@ -151,6 +156,8 @@ def check_state(state) -> tuple[dict, list[str]]:
             for joint in joints:
                 v = _number(values.get(joint, 0.0), f"{where}.angles.{finger}.{joint}")
                 lo, hi = limit(finger, joint)
+                if lo - LIMIT_TOLERANCE_DEG <= v <= hi + LIMIT_TOLERANCE_DEG:
+                    v = min(max(v, lo), hi)  # float round-off of a pose at its limit
                 if not lo <= v <= hi:
                     clamped.append(f"hand {i + 1} ({hand['side']}) {finger} {joint}: {v:.1f} -> "
                                    f"{min(max(v, lo), hi):.1f} degrees (limits {lo:g}..{hi:g})")
@@ -276,7 +283,8 @@ def hand_pose_to_angles(hand_pose, side: str) -> tuple[dict, float]:
         residual = max(residual, abs(r1), abs(r2))
     residual = max(residual, abs(r0))
     angles["thumb"] = thumb
-    return {f: {j: float(v) for j, v in joints.items()} for f, joints in angles.items()}, float(residual)
+    return ({f: {j: round(float(v), ANGLE_DECIMALS) + 0.0 for j, v in joints.items()} for f, joints in angles.items()},
+            float(residual))
 
 
 def _box_of(model, params, camera: Camera) -> dict:

@@ -59,6 +59,18 @@ def test_out_of_limit_angles_are_clamped_and_named(editor):
     assert notes == [] and len(clamped) == 1 and "middle pip" in clamped[0]
 
 
+def test_a_pose_written_at_its_limits_reads_back_without_clamping(editor):
+    state = editor.default_state()
+    state["hands"][0]["angles"] = editor.preset_angles("fist")
+    state["hands"][0]["angles"]["middle"].update(pip=110.0, mcp=-15.0)
+    state["hands"][0]["angles"]["thumb"].update(abduct=70.0, cross=-30.0)
+    pose = editor.state_to_pose(editor.check_state(state)[0])
+    back, notes, clamped = editor.parse_pose_text(json.dumps(pose))
+    assert clamped == [] and notes == []
+    assert back["hands"][0]["angles"]["middle"] == {"mcp": -15.0, "pip": 110.0, "dip": 65.0, "spread": 0.0}
+    assert back["hands"][0]["angles"]["thumb"]["abduct"] == 70.0
+
+
 def test_presets_and_transl_hands_become_editable_states(editor, comfyui):
     model = editor.editor_model("anny (open)", "")
     text = json.dumps({"frames": [{"hands": [
