@@ -170,6 +170,7 @@ class HandPoseEditor {
     this.presetSelect.addEventListener("change", () => {
       if (this.presetSelect.value) this.applyPreset(this.presetSelect.value);
       this.presetSelect.value = "";
+      this.focus();
     });
     this.camButton = button("Camera view", "C: look through the output camera", () => this.toggleCameraView());
     // Keyboard focus sits in a hidden read-only <input>: ComfyUI's workflow undo (a window
@@ -217,6 +218,7 @@ class HandPoseEditor {
       this.ready = true;
     } catch (error) {
       this.showStatus(`The 3D editor could not start: ${error.message}`, "error");
+      console.error("SesaHand hand-pose editor:", error);
       throw error;
     }
   }
@@ -880,12 +882,15 @@ class HandPoseEditor {
 
   // ----------------------------------------------------------------------------- keys
   onKey(e) {
-    if (e.target !== this.keys && (e.target.tagName === "INPUT" || e.target.tagName === "SELECT")) {
-      e.stopPropagation();  // typing a number must not trigger ComfyUI's shortcuts either
-      return;
-    }
     const key = e.key;
     const ctrl = e.ctrlKey || e.metaKey;
+    if (e.target !== this.keys && (e.target.tagName === "INPUT" || e.target.tagName === "SELECT")) {
+      // Typing a number or moving a slider with the arrows stays there and triggers no
+      // ComfyUI shortcut; Ctrl+Z / Ctrl+Y on a slider still undo / redo the editor.
+      const slider = e.target.type === "range";
+      e.stopPropagation();
+      if (!(slider && ctrl && "zy".includes(key.toLowerCase()))) return;
+    }
     let handled = true;
     if (ctrl && key.toLowerCase() === "z" && !e.shiftKey) this.undo();
     else if (ctrl && (key.toLowerCase() === "y" || (key.toLowerCase() === "z" && e.shiftKey))) this.redo();
@@ -995,9 +1000,11 @@ app.registerExtension({
         }, 400);
       };
       this.setSize([Math.max(this.size[0], 760), Math.max(this.size[1], 760)]);
-      editor.started = editor.init().then(() => {
+      // Resolves to whether the editor could start (the error is shown in the node).
+      editor.started = editor.init().then(() => true, () => false);
+      editor.started.then((ok) => {
         // A workflow being loaded sets the widget after this; onConfigure loads it then.
-        if (!editor.configured) return editor.loadText(poseWidget.value);
+        if (ok && !editor.configured) editor.loadText(poseWidget.value);
       });
       return result;
     };
@@ -1007,7 +1014,7 @@ app.registerExtension({
       const editor = this.sesahandEditor;
       if (editor) {
         editor.configured = true;
-        editor.started.then(() => editor.loadText(this.widgets.find((w) => w.name === "pose_json").value));
+        editor.started.then((ok) => ok && editor.loadText(this.widgets.find((w) => w.name === "pose_json").value));
       }
       return result;
     };
