@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
+from ..sesahand import limits
 from ..sesahand.eval import TASK_ENV, HandKeypointDetector, Thresholds, check_alignment, draw_overlay
 from ..sesahand.pipeline import RenderedHands
+from ..sesahand.safe_paths import resolve_input_file
 from .render import HandsType
 
 #: File name looked for in the ``sesahand`` model folders when no path is given.
@@ -22,17 +24,21 @@ _DETECTORS: dict[tuple[str, float], HandKeypointDetector] = {}
 
 
 def _task_path(task_file: str) -> str:
-    """The .task to use: the input, else $SESAHAND_HAND_LANDMARKER, else models/sesahand/hand_landmarker.task."""
+    """The .task to use: the input (a file in the ``sesahand`` model folders, by the rule of
+    :mod:`sesahand.safe_paths`), else $SESAHAND_HAND_LANDMARKER (the administrator's), else
+    models/sesahand/hand_landmarker.task."""
+    folders = folder_paths.get_folder_paths("sesahand")
     if task_file.strip():
-        return task_file.strip()
+        return str(resolve_input_file(task_file, folders, what="task_file", max_bytes=limits.MAX_TASK_FILE_BYTES))
     if os.environ.get(TASK_ENV):
         return os.environ[TASK_ENV]
-    for folder in folder_paths.get_folder_paths("sesahand"):
+    for folder in folders:
         candidate = os.path.join(folder, TASK_NAME)
         if os.path.isfile(candidate):
-            return candidate
+            return str(resolve_input_file(TASK_NAME, [folder], what=TASK_NAME,
+                                          max_bytes=limits.MAX_TASK_FILE_BYTES))
     raise FileNotFoundError(
-        f"no hand landmarker model: put {TASK_NAME} in {folder_paths.get_folder_paths('sesahand')[0]}, "
+        f"no hand landmarker model: put {TASK_NAME} in {folders[0]}, "
         f"set {TASK_ENV}, or give task_file. Build it with: pip download --no-deps mediapipe==0.10.21 "
         "-d wheels/ && python -m sesahand qa-model --source wheels/mediapipe-0.10.21-<tag>.whl --out "
         f"{TASK_NAME}")
@@ -80,8 +86,9 @@ class SesaHandAlignmentCheck(io.ComfyNode):
                 io.Boolean.Input("require_side", default=True,
                                  tooltip="A hand also needs the detected side (left/right) to match."),
                 io.String.Input("task_file", default="",
-                                tooltip=f"Path of {TASK_NAME}; empty: ${TASK_ENV}, then "
-                                        f"models/sesahand/{TASK_NAME}."),
+                                tooltip=f"Name of a {TASK_NAME} file in models/sesahand (paths outside "
+                                        f"the sesahand model folders are refused); empty: ${TASK_ENV}, "
+                                        f"then models/sesahand/{TASK_NAME}."),
             ],
             outputs=[
                 io.String.Output("scores", display_name="scores",
@@ -95,9 +102,15 @@ class SesaHandAlignmentCheck(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, min_pck=None):
-        if min_pck is not None and not 0.0 <= min_pck <= 1.0:
-            return f"min_pck {min_pck} is outside 0..1"
+    def validate_inputs(cls, min_pck=None, task_file=None):
+        if min_pck is not None and (isinstance(min_pck, bool) or not isinstance(min_pck, (int, float))
+                                    or not 0.0 <= min_pck <= 1.0):
+            return f"min_pck {str(min_pck)[:40]!r} is not a number in 0..1"
+        if task_file is not None and task_file.strip():
+            try:
+                _task_path(task_file)
+            except ValueError as exc:
+                return str(exc)
         return True
 
     @classmethod

@@ -15,6 +15,7 @@ from comfy_api.latest import io, ui
 from ..sesahand.data import DatasetWriter, to_uint8_image
 from ..sesahand.eval import alignment as eval_alignment
 from ..sesahand.pipeline import RenderedHands
+from ..sesahand.safe_paths import make_write_dir
 from . import alignment as alignment_node
 from .render import HandsType
 
@@ -23,8 +24,12 @@ UNKNOWN = "(unknown)"
 
 def dataset_dir_problem(name: str) -> str | None:
     """Why ``name`` is not a folder inside ComfyUI's output folder, or None when it is."""
-    if not name or not name.strip():
+    if not isinstance(name, str) or not name.strip():
         return "dataset is empty; give a folder name inside the output folder, e.g. sesahand_dataset"
+    if "\0" in name:
+        return "dataset: the name contains a NUL character; give a plain folder name, e.g. sesahand_dataset"
+    if len(name) > 255:
+        return f"dataset: the name is {len(name)} characters long; give at most 255"
     if PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor:
         return f"dataset {name!r} is an absolute path; give a folder name inside the output folder"
     if ".." in re.split(r"[\\/]", name):
@@ -180,7 +185,9 @@ class SesaHandSaveDatasetSample(io.ComfyNode):
                     skipped.append(f"image {i} not saved: alignment score {result.score:.2f} < "
                                    f"{alignment_threshold:.2f} ({result.reason})")
 
-        root = os.path.join(folder_paths.get_output_directory(), dataset)
+        # Created without following links: a linked dataset, images/ or conditions/ folder is
+        # refused rather than written through (sesahand.safe_paths).
+        root = make_write_dir(dataset, inside=folder_paths.get_output_directory(), what="dataset")
         bar = comfy.utils.ProgressBar(count)
         saved = []
         with DatasetWriter(root) as writer:

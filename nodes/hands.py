@@ -8,9 +8,11 @@ from dataclasses import dataclass, replace
 import folder_paths
 from comfy_api.latest import io
 
+from ..sesahand import limits
 from ..sesahand.hands import PRESET_NAMES, HandModel, PoseSpec, load_hand_model
 from ..sesahand.hands.safe_pickle import MANO_DOWNLOAD
 from ..sesahand.hands.types import SIDES, Camera, HandScene
+from ..sesahand.safe_paths import PathRefused, read_input_file, resolve_input_file
 
 #: Hand model combo label -> ``load_hand_model`` name.
 MODEL_CHOICES = {"anny (open)": "anny", "mano": "mano"}
@@ -43,7 +45,14 @@ class HandModelChoice:
     side: str
 
     def resolve(self, pose: PoseSpec, camera: Camera, num_frames: int) -> list[HandScene]:
-        """The ``num_frames`` scenes of ``pose`` posed with this model and side."""
+        """The ``num_frames`` scenes of ``pose`` posed with this model and side.
+
+        Raises: ValueError when a pose file holds more frames than ``num_frames`` (they would
+        be left out silently; fewer frames repeat cyclically)."""
+        if pose.kind == "json" and len(pose.frames) > num_frames:
+            raise ValueError(f"the pose file has {len(pose.frames)} frames but batch_size is {num_frames}; "
+                             f"set batch_size to {len(pose.frames)} (at most {limits.MAX_BATCH}) or split "
+                             "the file, so that no frame is left out")
         return replace(pose, side=self.side).resolve(self.model, camera, num_frames)
 
 
@@ -110,13 +119,17 @@ class SesaHandHandModel(io.ComfyNode):
         return io.NodeOutput(HandModelChoice(model=cached_hand_model(name, path), side=side))
 
 
-def _pose_source(text: str) -> str:
-    """Pose JSON text as given; a relative path to an existing file in ComfyUI's input folder
-    becomes that file's full path (other paths are left to ``PoseSpec.from_json``)."""
-    if text.lstrip().startswith("{"):
-        return text
-    candidate = os.path.join(folder_paths.get_input_directory(), text.strip())
-    return candidate if os.path.isfile(candidate) else text
+def _pose_spec(pose_json: str) -> PoseSpec:
+    """The pose of the ``pose_json`` input: JSON text (starting with ``{``), or the name of a
+    file inside ComfyUI's input folder read by the rule of :mod:`sesahand.safe_paths` (no path
+    outside it, no links out, regular files of at most ``limits.MAX_POSE_FILE_BYTES``).
+
+    Raises: ValueError naming ``pose_json`` (never repeating the file's contents)."""
+    if pose_json.lstrip().startswith("{"):
+        return PoseSpec.parse(pose_json, what="pose_json")
+    data = read_input_file(pose_json, [folder_paths.get_input_directory()], what="pose_json",
+                           max_bytes=limits.MAX_POSE_FILE_BYTES)
+    return PoseSpec.parse(data, what=f"pose_json file {pose_json.strip()!r}")
 
 
 class SesaHandHandPose(io.ComfyNode):
@@ -144,16 +157,17 @@ class SesaHandHandPose(io.ComfyNode):
                 io.Int.Input("num_hands", default=1, min=1, max=2,
                              tooltip="mode random: 1 hand (of the hand model's side) or 2 (a "
                                      "right and a left hand, side by side)."),
-                io.Int.Input("box_min", default=160, min=8, max=4096,
+                io.Int.Input("box_min", default=160, min=8, max=limits.MAX_IMAGE_SIDE,
                              tooltip="mode random: smallest hand size, the larger side of the "
                                      "hand's image box in pixels."),
-                io.Int.Input("box_max", default=320, min=8, max=4096,
+                io.Int.Input("box_max", default=320, min=8, max=limits.MAX_IMAGE_SIDE,
                              tooltip="mode random: largest hand size in pixels (>= box_min)."),
                 io.String.Input("pose_json", multiline=True, default="",
                                 placeholder='{"frames": [{"hands": [{"side": "right", '
                                             '"preset": "fist"}]}]}  or a path to a .json file',
-                                tooltip="mode json: the pose JSON itself, or a path to a .json "
-                                        "file (absolute, or relative to ComfyUI's input folder)."),
+                                tooltip="mode json: the pose JSON itself, or the name of a .json "
+                                        "file inside ComfyUI's input folder (paths outside it are "
+                                        f"refused; at most {limits.MAX_POSE_FILE_BYTES // 2**20} MiB)."),
             ],
             outputs=[PoseType.Output("pose", display_name="pose",
                                      tooltip="The pose description, posed at render time.")],
@@ -162,25 +176,32 @@ class SesaHandHandPose(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, mode=None, box_min=None, box_max=None, pose_json=None):
         if mode is not None and mode not in POSE_MODES:
-            return f"mode {mode!r} is unknown; choose one of {list(POSE_MODES)}"
+            return f"mode {str(mode)[:40]!r} is unknown; choose one of {list(POSE_MODES)}"
+        for name, value in (("box_min", box_min), ("box_max", box_max)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                return f"{name} {str(value)[:40]!r} is not a whole number of pixels; give an integer such as 160"
         if mode == "random" and box_min is not None and box_max is not None \
-                and not 8 <= box_min <= box_max <= 4096:
-            return (f"box sizes must satisfy 8 <= box_min <= box_max <= 4096 pixels, got "
-                    f"box_min {box_min}, box_max {box_max}")
+                and not 8 <= box_min <= box_max <= limits.MAX_IMAGE_SIDE:
+            return (f"box sizes must satisfy 8 <= box_min <= box_max <= {limits.MAX_IMAGE_SIDE} pixels, "
+                    f"got box_min {box_min}, box_max {box_max}")
         if mode == "json" and pose_json is not None:
             try:
-                PoseSpec.from_json(_pose_source(pose_json))
+                _pose_spec(pose_json)
             except ValueError as exc:
                 return str(exc)
         return True
 
     @classmethod
     def fingerprint_inputs(cls, mode=None, pose_json=None, **kwargs):
-        # A pose file may change on disk under the same path: run again when it does.
-        if mode == "json" and pose_json is not None:
-            path = _pose_source(pose_json)
-            if os.path.isfile(path):
-                return os.path.getmtime(path)
+        # A pose file may change on disk under the same name: run again when it does.
+        if mode == "json" and pose_json is not None and not pose_json.lstrip().startswith("{"):
+            try:
+                path = resolve_input_file(pose_json, [folder_paths.get_input_directory()], what="pose_json",
+                                          max_bytes=limits.MAX_POSE_FILE_BYTES)
+            except PathRefused:
+                return ""
+            info = path.stat()
+            return f"{info.st_mtime_ns}:{info.st_size}"
         return ""
 
     @classmethod
@@ -191,5 +212,5 @@ class SesaHandHandPose(io.ComfyNode):
         elif mode == "random":
             spec = PoseSpec.random(seed, num_hands=num_hands, box_px=(box_min, box_max))
         else:
-            spec = PoseSpec.from_json(_pose_source(pose_json))
+            spec = _pose_spec(pose_json)
         return io.NodeOutput(spec)

@@ -9,17 +9,19 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..sesahand import limits
 from ..sesahand.hands import PoseSpec
 from ..sesahand.hands.export import export_glb
 from ..sesahand.hands.types import Camera
 from ..sesahand.pipeline import RenderedHands, render_scenes
 from ..sesahand.render import BACKENDS
+from ..sesahand.safe_paths import make_write_dir
 from .hands import HandModelChoice, HandModelType, PoseType
 
 #: Value: :class:`sesahand.pipeline.RenderedHands` (scenes with their cameras, meshes, labels).
 HandsType = io.Custom("SESAHAND_HANDS")
 
-MAX_SIZE = 4096
+MAX_SIZE = limits.MAX_IMAGE_SIDE
 
 
 def _image(t: torch.Tensor) -> torch.Tensor:
@@ -51,10 +53,10 @@ class SesaHandRenderConditions(io.ComfyNode):
                              tooltip="Image width in pixels (a multiple of 8)."),
                 io.Int.Input("height", default=512, min=64, max=MAX_SIZE, step=8,
                              tooltip="Image height in pixels (a multiple of 8)."),
-                io.Float.Input("fov", default=40.0, min=5.0, max=120.0, step=0.5,
+                io.Float.Input("fov", default=40.0, min=limits.MIN_FOV_DEG, max=limits.MAX_FOV_DEG, step=0.5,
                                tooltip="Horizontal field of view of the camera in degrees; the "
                                        "principal point is the image centre."),
-                io.Int.Input("batch_size", default=1, min=1, max=64,
+                io.Int.Input("batch_size", default=1, min=1, max=limits.MAX_BATCH,
                              tooltip="Number of images; random poses differ per image."),
                 io.Combo.Input("backend", options=list(BACKENDS), default="auto",
                                tooltip="Rasteriser: moderngl (OpenGL, CPU or GPU) or nvdiffrast "
@@ -79,15 +81,28 @@ class SesaHandRenderConditions(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, width=None, height=None, batch_size=None, fov=None):
         # Widget values arrive here unchecked (ComfyUI skips its own min/max checks for inputs
-        # named in validate_inputs); linked values arrive as None and are checked at run time.
+        # named in validate_inputs, and calls this even when its own type conversion failed, so
+        # a value may still be the string of a /prompt body); linked values arrive as None and
+        # are checked at run time.
+        for name, value in (("width", width), ("height", height), ("batch_size", batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                return f"{name} {str(value)[:40]!r} is not a whole number; give an integer such as 512"
         for name, value in (("width", width), ("height", height)):
             if value is not None and (value % 8 or not 64 <= value <= MAX_SIZE):
                 return (f"{name} {value} is not a multiple of 8 between 64 and {MAX_SIZE}; "
                         "Stable Diffusion needs sizes like 512 or 768")
-        if batch_size is not None and not 1 <= batch_size <= 64:
-            return f"batch_size {batch_size} is outside 1..64"
-        if fov is not None and not 5.0 <= fov <= 120.0:
-            return f"fov {fov} is outside 5..120 degrees"
+        if batch_size is not None and not 1 <= batch_size <= limits.MAX_BATCH:
+            return f"batch_size {batch_size} is outside 1..{limits.MAX_BATCH}"
+        if None not in (width, height, batch_size):
+            try:
+                limits.check_batch_pixels(width, height, batch_size, "width x height x batch_size")
+            except ValueError as exc:
+                return str(exc)
+        if fov is not None:
+            try:
+                limits.check_fov(fov, "fov")
+            except ValueError as exc:
+                return str(exc)
         return True
 
     @classmethod
@@ -95,6 +110,8 @@ class SesaHandRenderConditions(io.ComfyNode):
                 fov: float, batch_size: int, backend: str) -> io.NodeOutput:
         camera = Camera.default(width, height, fov)
         scenes = hand_model.resolve(pose, camera, batch_size)
+        # A pose file's own camera replaces width and height: check the size it asks for.
+        limits.check_batch_pixels(scenes[0].camera.width, scenes[0].camera.height, len(scenes), "pose")
         bar = comfy.utils.ProgressBar(len(scenes))
         conditions, hands = render_scenes(
             hand_model.model, scenes, backend=backend,
@@ -137,6 +154,8 @@ class SesaHandExportMesh(io.ComfyNode):
         output_dir = folder_paths.get_output_directory()
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, output_dir)
+        # ComfyUI checks the prefix as written; a linked subfolder must not lead out either.
+        folder = make_write_dir(folder, inside=output_dir, what="filename_prefix")
         saved = []
         for meshes in hands.meshes:
             name = f"{filename}_{counter:05}_.glb"

@@ -12,25 +12,46 @@ import argparse
 import importlib
 import json
 import logging
+import os
+import re
 from pathlib import Path
 
 log = logging.getLogger("sesahand")
 
 #: Modules adding more commands: each has ``register(subparsers)``, which imports nothing heavy
 #: (the command's own function imports what it needs when it runs).
-COMMAND_MODULES = (".semantics.commands", ".data.commands", ".eval.commands", ".train.commands")
+COMMAND_MODULES = (".queue.commands", ".semantics.commands", ".data.commands", ".eval.commands", ".train.commands")
+
+
+#: What ``render`` writes for one frame (in ``--out``, or in ``--out/frame_NNNNN/`` per frame).
+RENDER_FILES = ("mesh.png", "depth.png", "normal.png", "pose.png", "mask.png", "depth.npy", "labels.json")
+_FRAME_DIR = re.compile(r"^frame_\d{5}$")
 
 
 def _size(text: str) -> tuple[int, int]:
+    from .limits import check_image_size
+
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 512x512") from None
-    for v in (w, h):
-        if v <= 0 or v % 8:
-            raise argparse.ArgumentTypeError(f"size {text!r}: both sides must be positive multiples of 8 "
-                                             "(Stable Diffusion works on an 8-pixel latent grid), e.g. 512x512")
-    return w, h
+    try:
+        return check_image_size(w, h, f"size {text!r}")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _fov(text: str) -> float:
+    from .limits import check_fov
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fov {text!r}: expected a number of degrees, e.g. 40") from None
+    try:
+        return check_fov(value, f"--fov {text!r}")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _pose_spec(args):
@@ -46,59 +67,92 @@ def _pose_spec(args):
                      f"{', '.join(PRESET_NAMES)}")
 
 
-def cmd_render(args) -> int:
+def _render_target(out: Path) -> bool:
+    """Check ``--out`` before anything is rendered; True when it holds an earlier render that
+    the new one replaces (only ``render``'s own files), False when it is new or empty.
+
+    Raises: ValueError for a file, a link, or a folder holding anything else."""
+    if out.is_symlink():
+        raise ValueError(f"--out {out}: is a symbolic link; give a folder path")
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder; give a new folder path")
+    names = [p.name for p in out.iterdir()]
+    foreign = [n for n in names if n not in RENDER_FILES and not _FRAME_DIR.match(n)]
+    if foreign:
+        raise ValueError(f"--out {out}: the folder holds other files ({', '.join(sorted(foreign)[:5])}); "
+                         "give a new or empty folder (render replaces only its own earlier output)")
+    return bool(names)
+
+
+def _write_frame(folder: Path, conditions, rendered, request: dict) -> None:
     import numpy as np
 
-    from .hands import Camera, load_hand_model
     from .io import atomic_path, atomic_write_bytes
-    from .pipeline import render_scenes
     from .render import save_conditions
 
+    save_conditions(conditions, 0, folder)
+    with atomic_path(folder / "depth.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, conditions.depth[0].cpu().numpy())
+    labels = rendered.frame_dict(0)
+    labels["request"] = request
+    atomic_write_bytes(folder / "labels.json", json.dumps(labels, indent=1).encode())
+
+
+def cmd_render(args) -> int:
+    import shutil
+    import tempfile
+
+    from tqdm import tqdm
+
+    from .hands import Camera, load_hand_model
+    from .pipeline import render_scenes
+
+    out = Path(args.out).absolute()
+    replace = _render_target(out)
     spec = _pose_spec(args)
     model = load_hand_model(args.hand_model, mano_path=args.mano_path)
     camera = Camera.default(*args.size, fov_deg=args.fov)
-    scenes = spec.resolve(model, camera, 1)
-    conditions, rendered = render_scenes(model, scenes, backend=args.backend)
-    labels = rendered.frame_dict(0)
-    labels["request"] = {"pose": args.pose, "seed": args.seed, "size": list(args.size), "fov_deg": args.fov,
-                         "hand_model": args.hand_model, "backend": args.backend}
-    out = Path(args.out)
-    written = save_conditions(conditions, 0, out)
-    with atomic_path(out / "depth.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, conditions.depth[0].cpu().numpy())
-    atomic_write_bytes(out / "labels.json", json.dumps(labels, indent=1).encode())
-    log.info("wrote %s, depth.npy and labels.json to %s", ", ".join(p.name for p in written.values()), out)
+    scenes = spec.resolve(model, camera)  # every frame of a pose file; one otherwise
+    request = {"pose": args.pose, "seed": args.seed, "size": list(args.size), "fov_deg": args.fov,
+               "hand_model": args.hand_model, "backend": args.backend}
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot write in {out.parent} ({exc.strerror}); give a folder "
+                         "you can write to") from None
+    try:
+        for i, scene in enumerate(tqdm(scenes, unit="frame", desc="render", disable=len(scenes) == 1)):
+            conditions, rendered = render_scenes(model, [scene], backend=args.backend)
+            folder = tmp if len(scenes) == 1 else tmp / f"frame_{i:05d}"
+            _write_frame(folder, conditions, rendered, dict(request, frame=i))
+        os.chmod(tmp, 0o777 & ~_umask())
+        if replace:  # swap the earlier render out, then remove it
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)  # the earlier render stays as it was
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)  # also onto an empty folder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    what = "the maps" if len(scenes) == 1 else f"{len(scenes)} frames (frame_00000/...)"
+    log.info("wrote %s (%s, depth.npy, labels.json) to %s", what, ", ".join(RENDER_FILES[:5]), out)
     return 0
 
 
-def _vary(text: str) -> tuple[str, ...]:
-    from .queue import VARY_CHOICES
-
-    names = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
-    bad = [v for v in names if v not in VARY_CHOICES]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"--vary {text!r}: a comma list of {', '.join(VARY_CHOICES)}, "
-                                         "e.g. pose,seed")
-    return names
-
-
-def cmd_queue(args) -> int:
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from .queue import DEFAULT_SERVER, format_summary, load_workflow, run_queue
-
-    workflow = load_workflow(args.workflow)
-    with logging_redirect_tqdm():
-        try:
-            report = run_queue(args.server or [DEFAULT_SERVER], workflow, count=args.count, out=args.out,
-                               seed=args.seed, vary=args.vary, retries=args.retries)
-        except KeyboardInterrupt:
-            log.warning("stopped: prompts already queued keep running on their servers; run the same "
-                        "command again to collect them and go on")
-            return 130
-    print(format_summary(report))
-    return 0 if report.ok else 1
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,33 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of --pose random")
     r.add_argument("--num-hands", type=int, choices=(1, 2), default=1, help="hands of --pose random")
     r.add_argument("--side", choices=("right", "left"), default="right", help="side of a preset or single random hand")
-    r.add_argument("--size", type=_size, default=(512, 512), help="WIDTHxHEIGHT, multiples of 8 (default 512x512)")
-    r.add_argument("--fov", type=float, default=40.0, help="horizontal field of view in degrees (default 40)")
+    r.add_argument("--size", type=_size, default=(512, 512),
+                   help="WIDTHxHEIGHT, multiples of 8, each side at most 4096 (default 512x512)")
+    r.add_argument("--fov", type=_fov, default=40.0, help="horizontal field of view in degrees, 5..120 (default 40)")
     r.add_argument("--hand-model", choices=("anny", "mano"), default="anny", help="default: anny (open)")
     r.add_argument("--mano-path", help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl (for --hand-model mano)")
     r.add_argument("--backend", choices=("auto", "moderngl", "nvdiffrast"), default="auto")
-    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--out", required=True,
+                   help="output folder (new, empty, or an earlier render's, which is replaced); a pose "
+                        "file with several frames writes frame_00000/, frame_00001/, ... in it")
     r.set_defaults(func=cmd_render)
-    q = sub.add_parser("queue", help="run a workflow N times on running ComfyUI servers",
-                       description="Submit COUNT jobs of a ComfyUI workflow (UI or API format) to running "
-                                   "ComfyUI servers, follow them, download their saved files into OUT "
-                                   "and record every job in OUT/manifest.jsonl; the same command "
-                                   "resumes an interrupted run without duplicates. Exit status 1 if a "
-                                   "job failed or was interrupted.")
-    q.add_argument("--server", action="append",
-                   help="ComfyUI base URL; repeat to spread the jobs over several servers "
-                        "(default: http://127.0.0.1:8188)")
-    q.add_argument("--workflow", required=True, help="workflow .json, as saved by the UI or exported in API format")
-    q.add_argument("--count", type=int, default=1, help="number of jobs (default 1)")
-    q.add_argument("--seed", type=int, default=0, help="job i uses seed SEED + i (default 0)")
-    q.add_argument("--vary", type=_vary, default=("seed",),
-                   help="what changes per job, a comma list: seed (every seed / noise_seed input), "
-                        "pose (SesaHand Hand Pose nodes in random mode) (default: seed)")
-    q.add_argument("--out", default="queue_out", help="output folder (default ./queue_out)")
-    q.add_argument("--retries", type=int, default=2,
-                   help="extra attempts after an execution or connection error (default 2); "
-                        "validation errors are never retried")
-    q.set_defaults(func=cmd_queue)
     for name in COMMAND_MODULES:
         importlib.import_module(name, __package__).register(sub)
     return parser
@@ -151,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:
         log.error("%s", exc)
+        return 2
+    except MemoryError:
+        log.error("out of memory; give a smaller size or fewer frames")
         return 2

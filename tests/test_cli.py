@@ -47,7 +47,7 @@ def test_render_round_trip(tmp_path, anny_model):
 @pytest.mark.parametrize("args,message", [
     (["--pose", "jazz_hands"], "not a preset"),
     (["--pose", "missing.json"], "cannot read"),
-    (["--pose", "{\"frames\": 1}"], "pose file frames"),
+    (["--pose", "{\"frames\": 1}"], "pose JSON: frames: expected array"),
     (["--hand-model", "mano"], "mano_path"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, caplog, args, message, anny_model):
@@ -60,5 +60,5 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, caplog, args, message, a
 def test_size_must_be_a_multiple_of_8(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sesahand", "render", "--size", "500x512", "--out",
                            str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 2 and "multiples of 8" in proc.stderr
+    assert proc.returncode == 2 and "not a multiple of 8" in proc.stderr
     assert not (tmp_path / "o").exists()

@@ -18,7 +18,7 @@ Usage (from the repository root)::
 Each workflow is a small description (:class:`Spec`): node type, title, widget values, control
 modes and links **by input and output name**. Everything positional (the inputs list, the order
 of ``widgets_values``, the extra ``control_after_generate`` values, link slots) is derived from
-``/object_info`` with the frontend's rules (its ``litegraphService`` and widget constructors):
+``/object_info`` with the frontend's rules (:mod:`sesahand.comfy_graph`, shared with the queue):
 
 * a node's ``inputs`` list holds first the inputs that are sockets only (types without a widget,
   or ``forceInput``), then the widget inputs (``"widget": {"name"}``), each group in
@@ -56,7 +56,9 @@ if str(REPO) not in sys.path:  # run as a script: make the repository importable
     sys.path.insert(0, str(REPO))
 
 from sesahand.io import atomic_write_bytes
-from sesahand.queue import VIRTUAL_NODES, WIDGET_TYPES, ui_to_api
+from sesahand.comfy_graph import CONTROL_MODES, VIRTUAL_NODES, NodeInput, combo_choices, input_options, input_spec
+from sesahand.comfy_graph import node_inputs as frontend_inputs
+from sesahand.queue import ui_to_api
 
 log = logging.getLogger("build_workflows")
 
@@ -65,8 +67,6 @@ API_DIR = REPO / "tests" / "workflows"
 #: Model-file combo inputs -> the ComfyUI model folder their files live in. Their values are the
 #: names users give their files; they are not checked against the build server's lists.
 MODEL_INPUTS = {"ckpt_name": "checkpoints", "control_net_name": "controlnet", "mano_file": "mano"}
-CONTROL_MODES = ("fixed", "increment", "decrement", "randomize")
-SEED_NAMES = ("seed", "noise_seed")
 NOTE_COLOR, NOTE_BGCOLOR = "#432", "#653"  # LiteGraph's yellow, as the frontend gives Note nodes
 
 # Layout (pixels). LiteGraph draws the title bar above a node's position.
@@ -259,73 +259,29 @@ WORKFLOWS: dict[str, list[Spec]] = {
 
 # --------------------------------------------------------------------------- frontend rules
 
-def _kind(spec) -> str:
-    kind = spec[0] if isinstance(spec, (list, tuple)) else spec
-    return "COMBO" if isinstance(kind, list) else str(kind)
-
-
-def _options(spec) -> dict:
-    return spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
-
-
-def _combo_choices(spec) -> list:
-    return spec[0] if isinstance(spec[0], list) else list(_options(spec).get("options") or [])
-
-
-@dataclass(frozen=True)
-class Slot:
-    """An input as the frontend creates it on a node: ``widget`` False for socket-only inputs."""
-
-    name: str
-    type: str
-    spec: object
-    optional: bool
-    widget: bool
-
-
-def node_inputs(node_type: str, info: dict) -> list[Slot]:
+def node_inputs(node_type: str, info: dict) -> list[NodeInput]:
     """The ``inputs`` list the frontend builds for a node of ``info`` (an ``/object_info`` entry):
-    socket-only inputs, then widget inputs, each in ``input_order`` (required, then optional).
+    socket-only inputs, then widget inputs, each in the frontend's order
+    (:func:`sesahand.comfy_graph.node_inputs`).
 
     Raises:
         ValueError: an input whose widget this builder does not model (uploads, multi-select,
             remote combos, custom ``widgetType``).
     """
-    inputs = info.get("input") or {}
-    specs: dict[str, tuple[object, bool]] = {}
-    for category, optional in (("required", False), ("optional", True)):
-        for name, spec in (inputs.get(category) or {}).items():
-            specs[name] = (spec, optional)  # an optional input of the same name replaces it
-    order = info.get("input_order") or {}
-    names: list[str] = []
-    if order:
-        names += [n for n in order.get("required") or [] if n in specs and not specs[n][1]]
-        names += [n for n in order.get("optional") or [] if n in specs and specs[n][1]]
-    names += [n for n in specs if n not in names]
-    slots = []
-    for name in names:
-        spec, optional = specs[name]
-        kind, options = _kind(spec), _options(spec)
-        if any(options.get(k) for k in ("image_upload", "video_upload", "animated_image_upload",
-                                        "multiselect", "multi_select", "remote", "widgetType")):
-            raise ValueError(f"{node_type}.{name}: this builder does not model its widget "
-                             f"({sorted(options)}); use another node")
-        slots.append(Slot(name, kind, spec, optional, kind in WIDGET_TYPES and not options.get("forceInput")))
+    slots = frontend_inputs(info)
+    for slot in slots:
+        if any(slot.options.get(k) for k in ("image_upload", "video_upload", "animated_image_upload",
+                                             "multiselect", "multi_select", "remote", "widgetType")):
+            raise ValueError(f"{node_type}.{slot.name}: this builder does not model its widget "
+                             f"({sorted(slot.options)}); use another node")
     return [s for s in slots if not s.widget] + [s for s in slots if s.widget]
 
 
-def _has_control(slot: Slot) -> bool:
-    flag = _options(slot.spec).get("control_after_generate")
-    if slot.type == "INT":
-        return bool(flag) if flag is not None else slot.name in SEED_NAMES
-    return slot.type == "COMBO" and bool(flag)
-
-
-def _check_value(where: str, slot: Slot, value) -> None:
-    options = _options(slot.spec)
+def _check_value(where: str, slot: NodeInput, value) -> None:
+    options = input_options(slot.spec)
     if slot.type == "COMBO":
-        if slot.name not in MODEL_INPUTS and value not in _combo_choices(slot.spec):
-            raise ValueError(f"{where}: {value!r} is not one of {_combo_choices(slot.spec)}")
+        if slot.name not in MODEL_INPUTS and value not in combo_choices(slot.spec):
+            raise ValueError(f"{where}: {value!r} is not one of {combo_choices(slot.spec)}")
         return
     expected = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}.get(slot.type)
     if expected is None:
@@ -338,7 +294,7 @@ def _check_value(where: str, slot: Slot, value) -> None:
             raise ValueError(f"{where}: {value} is outside {low}..{high}")
 
 
-def _widget_values(spec: Spec, slots: list[Slot]) -> list:
+def _widget_values(spec: Spec, slots: list[NodeInput]) -> list:
     values = []
     for slot in slots:
         if not slot.widget:
@@ -346,13 +302,13 @@ def _widget_values(spec: Spec, slots: list[Slot]) -> list:
         where = f"{spec.key} ({spec.type}) input {slot.name!r}"
         if slot.name in spec.values:
             value = spec.values[slot.name]
-        elif "default" in _options(slot.spec):
-            value = _options(slot.spec)["default"]
+        elif "default" in input_options(slot.spec):
+            value = input_options(slot.spec)["default"]
         else:
             raise ValueError(f"{where} has no default: give its value")
         _check_value(where, slot, value)
         values.append(value)
-        if _has_control(slot):
+        if slot.control_values:
             mode = spec.controls.get(slot.name, "randomize")
             if mode not in CONTROL_MODES:
                 raise ValueError(f"{where}: control mode {mode!r} is not one of {CONTROL_MODES}")
@@ -364,7 +320,7 @@ def _widget_values(spec: Spec, slots: list[Slot]) -> list:
     return values
 
 
-def _node_size(spec: Spec, slots: list[Slot], outputs: int) -> list[int]:
+def _node_size(spec: Spec, slots: list[NodeInput], outputs: int) -> list[int]:
     """LiteGraph's computeSize, simplified: slot rows, then one row per widget
     (multiline text boxes taller)."""
     if spec.size is not None:
@@ -376,8 +332,8 @@ def _node_size(spec: Spec, slots: list[Slot], outputs: int) -> list[int]:
     widgets = [s for s in slots if s.widget]
     height = rows * SLOT_H
     if widgets:
-        height += 8 + sum(4 + (MULTILINE_H if _options(s.spec).get("multiline") else WIDGET_H) +
-                          (WIDGET_H + 4 if _has_control(s) else 0) for s in widgets)
+        height += 8 + sum(4 + (MULTILINE_H if input_options(s.spec).get("multiline") else WIDGET_H) +
+                          (WIDGET_H + 4 if s.control_values else 0) for s in widgets)
     return [NODE_W, height]
 
 
@@ -418,7 +374,7 @@ def build_ui(specs: list[Spec], object_info: dict) -> dict:
         ValueError: a spec names a node type, input, output or value the server does not offer.
     """
     ids = node_ids(specs)
-    layouts: dict[str, tuple[list[Slot], list[tuple[str, str]]]] = {}
+    layouts: dict[str, tuple[list[NodeInput], list[tuple[str, str]]]] = {}
     for spec in specs:
         if spec.type in VIRTUAL_NODES:
             layouts[spec.key] = ([], [])
@@ -437,7 +393,7 @@ def build_ui(specs: list[Spec], object_info: dict) -> dict:
     links: list[list] = []
     input_links: dict[tuple[str, str], int] = {}
     output_links: dict[tuple[str, int], list[int]] = {}
-    saved_inputs: dict[str, list[Slot]] = {}
+    saved_inputs: dict[str, list[NodeInput]] = {}
     for spec in specs:
         # The frontend saves no entry for a widget input without a link (compressWidgetInputSlots).
         saved_inputs[spec.key] = [s for s in layouts[spec.key][0] if not s.widget or s.name in spec.links]
@@ -522,8 +478,7 @@ def write_workflows(object_info: dict, root: Path = REPO) -> list[Path]:
 def _spec_value(spec: Spec, name: str, object_info: dict):
     if name in spec.values:
         return spec.values[name]
-    inputs = object_info[spec.type]["input"]
-    return _options({**(inputs.get("optional") or {}), **inputs["required"]}[name]).get("default")
+    return input_options(input_spec(object_info[spec.type], name)).get("default")
 
 
 def write_thumbnail(name: str, object_info: dict, path: Path) -> Path:

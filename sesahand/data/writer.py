@@ -14,6 +14,7 @@ from PIL import Image
 
 from .. import __version__
 from ..io import atomic_path
+from ..safe_paths import check_write_file, make_write_dir
 from .format import (
     CONDITION_NAME,
     CONDITION_NAMES,
@@ -21,6 +22,7 @@ from .format import (
     IMAGE_NAME,
     IMAGES_DIR,
     LABELS_FILE,
+    LOCK_FILE,
     DatasetLock,
     condition_path,
     file_sha256,
@@ -107,6 +109,9 @@ class DatasetWriter:
       condition files, so an existing dataset is extended and orphans are never overwritten.
     * One writer per folder: the writer holds ``root/.lock`` from creation to :meth:`close`;
       a second writer (any process) gets a RuntimeError.
+    * Nothing is written outside ``root``: ``images/`` and ``conditions/`` must be real
+      folders and ``labels.jsonl`` and ``.lock`` regular files, not symbolic links (a link
+      planted in the dataset folder is refused, see :mod:`sesahand.safe_paths`).
 
     Use as a context manager, or call :meth:`close`.
 
@@ -116,6 +121,8 @@ class DatasetWriter:
 
     Raises:
         RuntimeError: another writer holds the folder.
+        ValueError (:class:`~sesahand.safe_paths.PathRefused`): ``images/``, ``conditions/``,
+            ``labels.jsonl`` or ``.lock`` is a symbolic link or of the wrong kind.
         OSError: the folder cannot be created or written (message says why and what to do).
     """
 
@@ -123,10 +130,13 @@ class DatasetWriter:
         self.root = Path(root)
         self.png_compress_level = png_compress_level
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
             for sub in (IMAGES_DIR, CONDITIONS_DIR):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
+                make_write_dir(sub, inside=self.root, what=f"dataset {sub}/")
         except OSError as exc:
             raise write_error(self.root, exc, "cannot create the dataset folder") from exc
+        for name in (LABELS_FILE, LOCK_FILE):
+            check_write_file(self.root / name, what=f"dataset {name}")
         self._lock = DatasetLock(self.root).acquire()
         try:
             self.next_index = self._scan()
@@ -250,7 +260,9 @@ class DatasetWriter:
                     placed.append(path)
             for folder in {p.parent for p in files}:
                 _fsync_dir(folder)
-            with open(labels, "ab", buffering=0) as f:  # unbuffered: nothing left to flush on error
+            # Unbuffered (nothing left to flush on error), and never through a symbolic link.
+            fd = os.open(labels, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            with open(fd, "ab", buffering=0) as f:
                 try:
                     if f.write(line) != len(line):
                         raise OSError(errno.ENOSPC, "short write to labels.jsonl")

@@ -25,6 +25,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .. import limits
+from ..safe_paths import read_local_file
 from .anatomy import HandAngles, sample_angles
 from .base import HandModel, mirror_rotvec
 from .types import NUM_BETAS, SIDES, Camera, HandParams, HandScene
@@ -56,8 +58,47 @@ PRESET_NAMES: tuple[str, ...] = tuple(load_presets())
 
 @lru_cache(maxsize=1)
 def pose_schema() -> dict:
-    """The JSON Schema of pose files (``data/pose.schema.json``)."""
-    return json.loads(_data_text("pose.schema.json"))
+    """The JSON Schema of pose files (``data/pose.schema.json``) with the limits of
+    :mod:`sesahand.limits` filled in (largest image side, most frames and hands)."""
+    schema = json.loads(_data_text("pose.schema.json"))
+    schema["properties"]["frames"]["maxItems"] = limits.MAX_POSE_FRAMES
+    camera = schema["$defs"]["camera"]["properties"]
+    for side in ("width", "height"):
+        camera[side].update(minimum=limits.MIN_IMAGE_SIDE, maximum=limits.MAX_IMAGE_SIDE,
+                            multipleOf=limits.IMAGE_MULTIPLE)
+    schema["$defs"]["frame"]["properties"]["hands"]["maxItems"] = limits.MAX_HANDS_PER_FRAME
+    return schema
+
+
+def _schema_problem(error) -> str:
+    """What a schema violation means, built from the schema only: pose files may hold anything
+    (a path typed into a node can name a file with secrets), so no value of the document is
+    repeated (JSON Schema's own messages quote them)."""
+    keyword, expected, instance = error.validator, error.validator_value, error.instance
+    if keyword == "type":
+        return f"expected {' or '.join(expected) if isinstance(expected, list) else expected}"
+    if keyword == "enum":
+        return f"expected one of {', '.join(map(json.dumps, expected))}"
+    if keyword == "const":
+        return f"expected {json.dumps(expected)}"
+    if keyword == "required":
+        missing = [k for k in expected if not isinstance(instance, dict) or k not in instance]
+        return f"missing required field(s) {', '.join(missing)}"
+    if keyword == "additionalProperties":
+        allowed = ", ".join(error.schema.get("properties", {}))
+        return f"has a field that is not allowed here; allowed fields: {allowed}"
+    if keyword in ("minItems", "maxItems"):
+        return f"expected {'at least' if keyword == 'minItems' else 'at most'} {expected} entries"
+    if keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"):
+        words = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "more than",
+                 "exclusiveMaximum": "less than", "multipleOf": "a multiple of"}
+        return f"expected a number {words[keyword]} {expected}"
+    if keyword == "not" and isinstance(instance, dict):
+        pairs = [rule["required"] for rule in expected.get("anyOf", []) if "required" in rule
+                 and all(k in instance for k in rule["required"])]
+        if pairs:
+            return f"give only one of {' and '.join(pairs[0])}"
+    return f"does not match the pose schema ({keyword})"
 
 
 def preset_hand_pose(name: str) -> torch.Tensor:
@@ -195,19 +236,22 @@ def _parse_hand(data: dict, where: str) -> _HandEntry:
     vec = {k: torch.tensor(data[k], dtype=torch.float32)
            for k in ("global_orient", "hand_pose", "hand_pose_pca", "mano61", "betas", "transl") if k in data}
     if "preset" in data and data["preset"] not in PRESET_NAMES:
-        raise ValueError(f"{where}.preset: unknown preset {data['preset']!r}; choose one of "
-                         f"{', '.join(PRESET_NAMES)}")
+        raise ValueError(f"{where}/preset: unknown preset; choose one of {', '.join(PRESET_NAMES)}")
     box = None
     if "box" in data:
         box = (tuple(data["box"]["center"]), float(data["box"]["size"]))
+        if not all(math.isfinite(v) for v in (*box[0], box[1])):
+            raise ValueError(f"{where}/box: contains NaN or infinite values")
     return _HandEntry(side=data["side"], where=where, preset=data.get("preset"), box=box, **vec)
 
 
 def _camera_from_json(data: dict, where: str) -> Camera:
+    # The schema has checked the size against sesahand.limits; K's values are not repeated.
     try:
         return Camera(K=torch.tensor(data["K"], dtype=torch.float32), width=data["width"], height=data["height"])
-    except ValueError as exc:
-        raise ValueError(f"{where}: {exc}") from None
+    except ValueError:
+        raise ValueError(f"{where}/K: expected a finite 3x3 matrix [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] "
+                         "with positive focal lengths") from None
 
 
 def parse_pose_document(document) -> list[tuple[Camera | None, list[_HandEntry]]]:
@@ -215,7 +259,7 @@ def parse_pose_document(document) -> list[tuple[Camera | None, list[_HandEntry]]
 
     Raises:
         ValueError: the first schema violation, with its JSON path (e.g. ``frames/0/hands/1/
-            hand_pose``) and what was expected; or non-finite numbers.
+            hand_pose``) and what was expected (never the value found); or non-finite numbers.
     """
     import jsonschema
 
@@ -223,7 +267,7 @@ def parse_pose_document(document) -> list[tuple[Camera | None, list[_HandEntry]]
     error = jsonschema.exceptions.best_match(validator.iter_errors(document))
     if error is not None:
         path = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ValueError(f"pose file {path}: {error.message}")
+        raise ValueError(f"{path}: {_schema_problem(error)}")
     frames = []
     for i, frame in enumerate(document["frames"]):
         where = f"frames/{i}"
@@ -289,26 +333,55 @@ class PoseSpec:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> "PoseSpec":
-        """A pose file: a path to a ``.json`` file, or the JSON text itself.
+        """A pose file: a path to a ``.json`` file, or the JSON text itself (starting with ``{``).
+
+        The path is the caller's own (CLI, scripts): any regular file of at most
+        ``limits.MAX_POSE_FILE_BYTES``. Paths from untrusted users (node widgets) go through
+        :mod:`sesahand.safe_paths` first, then :meth:`parse`.
 
         Raises:
-            ValueError: unreadable file, malformed JSON (with line and column), or a schema
-                violation naming the field.
+            ValueError: unreadable, non-regular or too large file, or see :meth:`parse`.
         """
         text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            path = Path(text).expanduser()
+        if text.lstrip().startswith("{"):
+            return cls.parse(text)
+        path = Path(text).expanduser()
+        return cls.parse(read_local_file(path, what="pose file", max_bytes=limits.MAX_POSE_FILE_BYTES),
+                         what=f"pose file {path.name}")
+
+    @classmethod
+    def parse(cls, text: str | bytes, what: str = "pose JSON") -> "PoseSpec":
+        """A pose document from its JSON text (UTF-8 bytes or str).
+
+        Args:
+            text: at most ``limits.MAX_POSE_FILE_BYTES`` bytes of JSON (see the schema).
+            what: where it came from, for messages (``"pose_json"``, ``"pose file x.json"``).
+
+        Raises:
+            ValueError: too long, not UTF-8, malformed JSON (line and column), or a schema
+                violation naming the field; messages never repeat the document's values.
+        """
+        size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+        if size > limits.MAX_POSE_FILE_BYTES:
+            raise ValueError(f"{what}: {size} bytes, more than the limit of {limits.MAX_POSE_FILE_BYTES} "
+                             "bytes; split it into several files")
+        if isinstance(text, bytes):
             try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ValueError(f"pose file {path}: cannot read it ({exc.strerror}); give a path "
-                                 "to a .json pose file or the JSON text itself") from None
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{what}: not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON") from None
         try:
             document = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"pose JSON is malformed at line {exc.lineno} column {exc.colno}: "
-                             f"{exc.msg}") from None
-        return cls(kind="json", frames=tuple(parse_pose_document(document)))
+            raise ValueError(f"{what} is malformed at line {exc.lineno} column {exc.colno}: "
+                             f"{exc.msg} (not valid JSON)") from None
+        except RecursionError:
+            raise ValueError(f"{what} is nested too deeply to be a pose file") from None
+        try:
+            frames = parse_pose_document(document)
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+        return cls(kind="json", frames=tuple(frames))
 
     @classmethod
     def from_freihand(cls, mano: Sequence, K: Sequence, size: int = 224, side: str = "right") -> "PoseSpec":

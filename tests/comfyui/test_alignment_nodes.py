@@ -59,7 +59,13 @@ def test_schema_follows_the_pack_conventions(comfyui):
     assert comfyui.node(NODE_ID).validate_inputs(min_pck=0.5) is True
 
 
-def test_scores_a_rendered_hand_and_draws_the_overlay(comfyui, rendered, task_file):
+def test_scores_a_rendered_hand_and_draws_the_overlay(comfyui, rendered, task_file, tmp_path, monkeypatch):
+    # task_file names a file in the sesahand model folders (paths elsewhere are refused)
+    shutil.copy(task_file, tmp_path / "landmarker.task")
+    monkeypatch.setattr(comfyui.folder_paths, "get_folder_paths", lambda name: [str(tmp_path)])
+    task_file = "landmarker.task"
+    assert comfyui.node(NODE_ID).validate_inputs(task_file=task_file) is True
+    assert "not a file inside" in comfyui.node(NODE_ID).validate_inputs(task_file=os.environ["SESAHAND_HAND_LANDMARKER"])
     mesh, mask, hands = rendered
     images = skin(mesh, mask)
     scores, score, overlay = comfyui.node(NODE_ID).execute(images=images, hands=hands, min_pck=0.7,

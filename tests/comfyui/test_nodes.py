@@ -147,7 +147,8 @@ def test_hand_pose_json_file_in_the_input_folder(comfyui, anny):
 @pytest.mark.parametrize("text,expected", [
     ('{"frames": [', "line 1"),
     ('{"frames": [{"hands": [{"side": "middle"}]}]}', "frames/0/hands/0/side"),
-    ("no/such/pose.json", "cannot read"),
+    ("no/such/pose.json", "no such file in"),
+    ("../../outside.json", "is not a file inside the allowed folders"),
 ])
 def test_hand_pose_rejects_bad_json_before_running(comfyui, text, expected):
     node = comfyui.node("SesaHandHandPose")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from sesahand.queue import WIDGET_TYPES, ui_to_api
+from sesahand.comfy_graph import node_inputs
+from sesahand.queue import ui_to_api
 from tools import build_workflows as builder
 from tools.comfy_server import comfy_command, running_server
 
@@ -49,15 +50,6 @@ def load(folder: str, name: str) -> dict:
     return json.loads((REPO / folder / f"{name}.json").read_text())
 
 
-def input_specs(info: dict) -> dict:
-    inputs = info["input"]
-    return {**(inputs.get("required") or {}), **(inputs.get("optional") or {})}
-
-
-def kind(spec) -> str:
-    return "COMBO" if isinstance(spec[0], list) else spec[0]
-
-
 def test_files_are_what_the_builder_makes_from_this_server(served, tmp_path):
     _, object_info = served
     builder.write_workflows(object_info, tmp_path)
@@ -75,24 +67,20 @@ def test_every_node_input_and_widget_exists_on_the_server(served, name):
             continue
         assert node["type"] in object_info, f"node {node['id']}: unknown type {node['type']}"
         info = object_info[node["type"]]
-        specs = input_specs(info)
+        inputs = {inp.name: inp for inp in node_inputs(info)}
         saved = {inp["name"]: inp for inp in node["inputs"]}
-        assert set(saved) <= set(specs), f"node {node['id']} ({node['type']}): unknown inputs {set(saved) - set(specs)}"
+        assert set(saved) <= set(inputs), f"node {node['id']} ({node['type']}): unknown inputs {set(saved) - set(inputs)}"
         widgets = 0
-        for input_name, spec in specs.items():
-            options = spec[1] if len(spec) > 1 else {}
-            is_widget = kind(spec) in WIDGET_TYPES and not options.get("forceInput")
-            if input_name in saved:
-                entry = saved[input_name]
-                assert ("widget" in entry) == is_widget and entry["type"] == kind(spec), entry
+        for inp in inputs.values():
+            if inp.name in saved:
+                entry = saved[inp.name]
+                assert ("widget" in entry) == inp.widget and entry["type"] == inp.type, entry
                 # As the frontend saves it: every socket, and the widget inputs with a link.
-                assert not is_widget or entry["link"] is not None, entry
+                assert not inp.widget or entry["link"] is not None, entry
             else:
-                assert is_widget, f"node {node['id']} ({node['type']}) lacks the input {input_name!r}"
-            if is_widget:
-                control = options.get("control_after_generate")
-                has_control = bool(control) if control is not None else input_name in ("seed", "noise_seed")
-                widgets += 1 + {"INT": int(has_control), "COMBO": 2 * bool(control)}.get(kind(spec), 0)
+                assert inp.widget, f"node {node['id']} ({node['type']}) lacks the input {inp.name!r}"
+            if inp.widget:
+                widgets += 1 + inp.control_values
         assert len(node.get("widgets_values", [])) == widgets, f"node {node['id']} ({node['type']})"
         assert [(o["name"], o["type"]) for o in node["outputs"]] == list(zip(info["output_name"], info["output"]))
 

@@ -237,3 +237,24 @@ def test_update_records_merges_fields_atomically(small_dataset):
         update_records(root, {0: {"alignment": 0.5}})
     assert (root / "labels.jsonl").read_bytes() == before
     assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("planted", ["images", "conditions", "labels.jsonl", ".lock"])
+def test_links_planted_in_the_dataset_folder_are_refused(tmp_path, hands_factory, image_factory, planted):
+    """A symbolic link inside the dataset folder cannot send a write (or a lock's truncation)
+    outside it: the writer refuses and the link's target is untouched."""
+    root, elsewhere = tmp_path / "ds", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    target = elsewhere if planted in ("images", "conditions") else elsewhere / "victim.txt"
+    if target != elsewhere:
+        target.write_text("precious")
+    os.symlink(target, root / planted)
+    with pytest.raises(ValueError, match="symbolic link"):
+        with DatasetWriter(root) as writer:
+            writer.append(image_factory(0), hands_factory().frame_dict(0),
+                          conditions={"mask": np.zeros((H, W), np.uint8)})
+    if target == elsewhere:
+        assert list(elsewhere.iterdir()) == []
+    else:
+        assert target.read_text() == "precious"
