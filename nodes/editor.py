@@ -35,6 +35,7 @@ import torch
 from comfy_api.latest import io
 from scipy.spatial.transform import Rotation
 
+from ..sesahand import limits
 from ..sesahand.hands import PoseSpec
 from ..sesahand.hands.anatomy import (
     FINGERS,
@@ -56,8 +57,8 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 #: Hands one editor state may hold (the schema allows 8 per frame; the editor poses 1 or 2).
 MAX_HANDS = 2
-MAX_IMAGE_SIDE = 4096
-FOV_RANGE = (5.0, 120.0)
+MAX_IMAGE_SIDE = limits.MAX_IMAGE_SIDE
+FOV_RANGE = (limits.MIN_FOV_DEG, limits.MAX_FOV_DEG)
 ORIENT_RANGE = (-180.0, 180.0)
 VENDOR_DIR = Path(__file__).resolve().parents[1] / "web_vendor" / "three"
 #: The only files the vendor route serves (name -> content type).
@@ -131,12 +132,11 @@ def check_state(state) -> tuple[dict, list[str]]:
     """
     state = _object(state, "state", {"camera", "hands"}, {"camera", "hands"})
     cam = _object(state["camera"], "state.camera", {"width", "height", "fov"}, {"width", "height", "fov"})
-    camera = {}
-    for name in ("width", "height"):
-        v = cam[name]
-        if isinstance(v, bool) or not isinstance(v, int) or v % 8 or not 64 <= v <= MAX_IMAGE_SIDE:
-            raise EditorInputError(f"state.camera.{name}: expected a multiple of 8 in 64..{MAX_IMAGE_SIDE}")
-        camera[name] = v
+    try:
+        width, height = limits.check_image_size(cam["width"], cam["height"], "state.camera")
+    except ValueError as exc:
+        raise EditorInputError(str(exc)) from None
+    camera = {"width": width, "height": height}
     camera["fov"] = _number(cam["fov"], "state.camera.fov", *FOV_RANGE)
     hands_in = state["hands"]
     if not isinstance(hands_in, list) or not 1 <= len(hands_in) <= MAX_HANDS:
@@ -329,8 +329,6 @@ def parse_pose_text(text, model=None) -> tuple[dict, list[str], list[str]]:
         K = np.asarray(cam["K"], dtype=np.float64)
         width, height = cam["width"], cam["height"]
         fov = math.degrees(2 * math.atan(width / (2 * K[0, 0])))
-        if not (64 <= width <= MAX_IMAGE_SIDE and 64 <= height <= MAX_IMAGE_SIDE):
-            raise EditorInputError(f"camera size {width}x{height}: the editor needs 64..{MAX_IMAGE_SIDE} pixels")
         fov = min(max(fov, FOV_RANGE[0]), FOV_RANGE[1])
         state["camera"] = {"width": width, "height": height, "fov": fov}
         expected = camera_of(state["camera"]).K.double().numpy()
@@ -570,7 +568,7 @@ class SesaHandHandPoseEditor(io.ComfyNode):
         if not pose_json.lstrip().startswith("{"):
             raise ValueError("pose_json must be the pose JSON text (starting with '{'), not a path; "
                              "use SesaHand Hand Pose (mode json) for pose files")
-        return PoseSpec.from_json(pose_json)
+        return PoseSpec.parse(pose_json, what="pose_json")
 
     @classmethod
     def execute(cls, pose_json: str) -> io.NodeOutput:

@@ -103,7 +103,8 @@ def test_bad_pose_json_is_refused_with_a_reason(editor, text, words):
 
 
 @pytest.mark.parametrize("mutate, words", [
-    (lambda s: s["camera"].update(width=100), "width"),
+    (lambda s: s["camera"].update(width=100), "width 100 is not a multiple of 8"),
+    (lambda s: s["camera"].update(width=8192), "width 8192 is outside"),
     (lambda s: s["hands"][0].update(side="both"), "side"),
     (lambda s: s["hands"][0]["angles"]["index"].update(mcp="90"), "finite number"),
     (lambda s: s["hands"][0]["angles"].update(toe={}), "unknown"),
