@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 COMFYUI_PATH ?= $(HOME)/ComfyUI
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test-models test demo bench clean
+.PHONY: venv test-models browser test demo bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,22 @@ $(SMOLLM2): $(VENV)/.installed
 
 test-models: $(HAND_TASK) $(SMOLLM2)
 
-test: venv test-models
+# The real-browser tier drives Debian's Chromium with Playwright (never a downloaded browser).
+# Installed with apt-get when missing and this user may (root, or password-less sudo); otherwise
+# the tier is skipped with a loud reason.
+CHROMIUM ?= /usr/bin/chromium
+
+browser:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) || true; \
+		elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
+			(sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) || true; \
+		fi; \
+		[ -x "$(CHROMIUM)" ] || echo "=== SKIPPED: the real-browser tier: no Chromium at $(CHROMIUM) (apt-get install chromium) ==="; \
+	fi
+
+test: venv test-models browser
 	@[ -f "$(COMFYUI_PATH)/main.py" ] || echo "=== SKIPPED: the real-ComfyUI test tier: no ComfyUI at $(COMFYUI_PATH) (set COMFYUI_PATH, or run make demo to clone it) ==="
 	$(TEST_MODELS) COMFYUI_PATH="$(COMFYUI_PATH)" $(PY) -m pytest
 
