@@ -18,7 +18,8 @@ log = logging.getLogger("sesahand")
 
 #: Modules adding more commands: each has ``register(subparsers)``, which imports nothing heavy
 #: (the command's own function imports what it needs when it runs).
-COMMAND_MODULES = (".semantics.commands", ".data.commands", ".eval.commands", ".train.commands")
+COMMAND_MODULES = (".semantics.commands", ".data.commands", ".eval.commands", ".train.commands",
+                   ".fit.commands")
 
 
 def _size(text: str) -> tuple[int, int]:
