@@ -49,7 +49,8 @@ TASK_MEMBERS = {
 _SETUP_HINT = ("build one with: pip download --no-deps mediapipe==0.10.21 -d wheels/ && "
                "python -m sesahand qa-model --source wheels/mediapipe-0.10.21-<tag>.whl "
                "--out hand_landmarker.task; then pass its path or set "
-               f"{TASK_ENV}=/path/to/hand_landmarker.task")
+               f"{TASK_ENV}=/path/to/hand_landmarker.task (in a clone of the pack, `make test-models` "
+               "builds .venv/models/hand_landmarker.task; in ComfyUI put it in models/sesahand)")
 
 
 def build_hand_landmarker_task(source: str | Path, out: str | Path) -> Path:

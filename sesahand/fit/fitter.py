@@ -130,7 +130,7 @@ class FittedHand:
         joints3d: (21, 3) float64 fitted joints, camera frame, metres, OpenPose order.
         joints2d: (21, 2) float64 fitted joints projected by ``K``, pixels.
         detected2d: (21, 2) float64 detected keypoints, pixels.
-        detected_world: (21, 3) MediaPipe world landmarks (metres) or None.
+        detected_world: (21, 3) MediaPipe world landmarks (metres).
         box: (x0, y0, x1, y1) of the detected keypoints, pixels. hand_size_px: its larger side.
         mean_error_px, median_error_px: 2D residual (fitted vs detected), pixels.
         mean_error: ``mean_error_px / hand_size_px``.
@@ -150,7 +150,7 @@ class FittedHand:
     joints3d: np.ndarray
     joints2d: np.ndarray
     detected2d: np.ndarray
-    detected_world: np.ndarray | None
+    detected_world: np.ndarray
     box: tuple[float, float, float, float]
     hand_size_px: float
     mean_error_px: float
@@ -242,9 +242,10 @@ class _Problem:
         self.world_dirs = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-9)
         self.mano = getattr(model, "name", "") == "mano"
         if self.mano:
-            self.components = model._components[side].double()
-            self.mean = model._mean[side].double()
-            self.spread = model._prior[side][0].double().clamp_min(1e-3)
+            components, mean, spread = model.pca_prior(side)
+            self.mean = mean.double()
+            self.unmix = torch.linalg.pinv(components.double())
+            self.spread = spread.double().clamp_min(1e-3)
 
     def angles(self, raw: torch.Tensor) -> torch.Tensor:
         return self.lo + (self.hi - self.lo) * torch.sigmoid(raw)
@@ -253,23 +254,24 @@ class _Problem:
         pose = angles_to_hand_pose(self.angles(raw))
         return mirror_rotvec(pose) if self.side == "left" else pose
 
-    def joints(self, rot, raw, wrist_px, log_depth, betas):
-        """Camera-frame joints (N, 21, 3) and the transl that places them."""
+    def joints(self, rot, raw, wrist, log_depth, betas):
+        """Camera-frame joints (N, 21, 3) and the transl that places them. ``wrist`` (N, 2) is
+        the wrist's offset from the detected wrist in hand sizes (well scaled for L-BFGS)."""
+        wrist_px = self.det2d[:, 0] + wrist * self.sizes[:, None]
         zeros = rot.new_zeros(self.n, 3)
         rel = self.model.keypoints(self.side, rot, self.hand_pose(raw), betas, zeros).double()
         depth = torch.exp(log_depth)[:, None]
         ray = torch.cat([wrist_px, wrist_px.new_ones(self.n, 1)], dim=1) @ torch.linalg.inv(self.K).T
-        wrist = ray * depth
-        transl = wrist - rel[:, 0]
+        transl = ray * depth - rel[:, 0]
         return rel + transl[:, None], transl
 
     def project(self, joints: torch.Tensor) -> torch.Tensor:
         uvw = joints @ self.K.T
         return uvw[..., :2] / uvw[..., 2:3].clamp_min(1e-6)
 
-    def energy(self, rot, raw, wrist_px, log_depth, betas, w_3d: float) -> torch.Tensor:
+    def energy(self, rot, raw, wrist, log_depth, betas, w_3d: float) -> torch.Tensor:
         o = self.options
-        joints, _ = self.joints(rot, raw, wrist_px, log_depth, betas)
+        joints, _ = self.joints(rot, raw, wrist, log_depth, betas)
         e2d = (((self.project(joints) - self.det2d) / self.sizes[:, None, None]) ** 2).sum(-1).mean(-1)
         bones = joints[:, self.children] - joints[:, self.parents]
         dirs = bones / bones.norm(dim=-1, keepdim=True).clamp_min(1e-9)
@@ -278,7 +280,7 @@ class _Problem:
         energy = e2d + w_3d * e3d + o.w_pose * (angles ** 2).mean(-1)
         if self.mano:
             pose = self.hand_pose(raw)
-            coeffs = (pose - self.mean) @ torch.linalg.pinv(self.components)
+            coeffs = (pose - self.mean) @ self.unmix
             energy = energy + o.w_pca * ((coeffs / self.spread) ** 2).mean(-1) \
                 + o.w_betas * (betas ** 2).mean(-1)
         return energy.sum()
@@ -317,6 +319,25 @@ def _initial_rotations(model: HandModel, side: str, problem: _Problem, K: torch.
     return torch.stack(rotations)
 
 
+def _initial_angles(world: torch.Tensor) -> torch.Tensor:
+    """Starting angles (N, 20) in degrees from world landmarks (N, 21, 3): each long finger's
+    MCP, PIP and DIP flexion is the angle between consecutive bones (metacarpal = wrist ->
+    MCP); spread 0; the thumb slightly flexed (abduct 20, cross 20, MCP 10, IP 10)."""
+    def angle(a, b):
+        cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-9)
+        return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
+
+    n = world.shape[0]
+    out = torch.zeros(n, 20, dtype=world.dtype)
+    for k, base in enumerate((5, 9, 13, 17)):  # index, middle, ring, little MCP
+        chain = [world[:, 0]] + [world[:, base + i] for i in range(4)]
+        bones = [chain[i + 1] - chain[i] for i in range(4)]
+        for j in range(3):  # MCP, PIP, DIP
+            out[:, 4 * k + j] = angle(bones[j], bones[j + 1])
+    out[:, 16:] = torch.tensor([20.0, 20.0, 10.0, 10.0], dtype=world.dtype)
+    return out
+
+
 def _turned_world(det: DetectedHand, K: torch.Tensor) -> torch.Tensor:
     world = torch.as_tensor(det.world_joints, dtype=torch.float64)
     centre = torch.as_tensor(det.joints2d, dtype=torch.float64).mean(0)
@@ -330,35 +351,34 @@ def _fit_side(model: HandModel, side: str, dets: list[DetectedHand], K: torch.Te
     world = torch.stack([_turned_world(d, K) for d in dets])
     sizes = (det2d.amax(1) - det2d.amin(1)).amax(-1).clamp_min(1.0)
     problem = _Problem(model, side, K, det2d, world, sizes, options)
-    # Start from a slightly relaxed hand (10 % into each range from the neutral angle).
+    # Start from the finger flexion measured on the world landmarks (within the limits).
     lo, hi = problem.lo, problem.hi
-    neutral = torch.clamp(torch.zeros_like(lo), lo, hi)
-    start = neutral + 0.1 * (hi - neutral)
-    init_raw = torch.logit((start - lo) / (hi - lo)).expand(n, -1).clone()
+    start = torch.minimum(torch.maximum(_initial_angles(world), lo + 0.05 * (hi - lo)), hi - 0.05 * (hi - lo))
+    init_raw = torch.logit((start - lo) / (hi - lo))
     rot = _initial_rotations(model, side, problem, K, world, det2d, init_raw)
     betas = torch.zeros(n, NUM_BETAS, dtype=torch.float64)
-    wrist_px = det2d[:, 0].clone()
+    wrist = torch.zeros(n, 2, dtype=torch.float64)
     # Depth: the model's joints at depth 1 m projected vs the detected keypoint spread.
     with torch.no_grad():
-        at_1m, _ = problem.joints(rot, init_raw, wrist_px, torch.zeros(n, dtype=torch.float64), betas)
+        at_1m, _ = problem.joints(rot, init_raw, wrist, torch.zeros(n, dtype=torch.float64), betas)
         px = problem.project(at_1m)
         spread_model = (px - px.mean(1, keepdim=True)).norm(dim=-1).mean(-1)
         spread_det = (det2d - det2d.mean(1, keepdim=True)).norm(dim=-1).mean(-1)
         log_depth = torch.log((spread_model / spread_det.clamp_min(1e-3)).clamp(0.02, 100.0))
-    rot, raw, wrist_px, log_depth = (t.clone().requires_grad_(True) for t in (rot, init_raw, wrist_px, log_depth))
+    rot, raw, wrist, log_depth = (t.clone().requires_grad_(True) for t in (rot, init_raw, wrist, log_depth))
     fit_betas = problem.mano
     betas = betas.clone().requires_grad_(fit_betas)
 
     def energy(w_3d: float):
-        return lambda: problem.energy(rot, raw, wrist_px, log_depth, betas, w_3d)
+        return lambda: problem.energy(rot, raw, wrist, log_depth, betas, w_3d)
 
-    everything = [rot, raw, wrist_px, log_depth] + ([betas] if fit_betas else [])
-    _lbfgs([rot, wrist_px, log_depth], energy(options.w_3d_start), options.rigid_iterations)
+    everything = [rot, raw, wrist, log_depth] + ([betas] if fit_betas else [])
+    _lbfgs([rot, wrist, log_depth], energy(options.w_3d_start), options.rigid_iterations)
     _lbfgs(everything, energy(options.w_3d_start), options.full_iterations)
     _lbfgs(everything, energy(options.w_3d), options.refine_iterations)
 
     with torch.no_grad():
-        joints, transl = problem.joints(rot, raw, wrist_px, log_depth, betas)
+        joints, transl = problem.joints(rot, raw, wrist, log_depth, betas)
         pose = problem.hand_pose(raw)
         angles = problem.angles(raw)
     results = []
@@ -380,14 +400,11 @@ def _residuals(fitted2d: np.ndarray, det: DetectedHand, fitted3d: np.ndarray) ->
            "mean_error": float(err.mean() / max(size, 1e-9)),
            "pck": {str(a): float((err <= a * size).mean()) for a in PCK_LEVELS}}
     parents, children = (list(x) for x in zip(*BONES))
-    if det.world_joints is not None:
-        a = fitted3d[children] - fitted3d[parents]
-        b = np.asarray(det.world_joints, dtype=np.float64)
-        b = b[children] - b[parents]
-        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-        out["bone_angle_deg"] = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).mean())
-    else:
-        out["bone_angle_deg"] = float("nan")
+    a = fitted3d[children] - fitted3d[parents]
+    b = np.asarray(det.world_joints, dtype=np.float64)
+    b = b[children] - b[parents]
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    out["bone_angle_deg"] = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).mean())
     return out
 
 
@@ -411,24 +428,24 @@ def fit_detections(detections: Sequence[DetectedHand], model: HandModel, width: 
                    K: np.ndarray, options: FitOptions = FitOptions()) -> list[FittedHand]:
     """Fit ``model`` to hands already detected in a ``width`` x ``height`` photo with camera ``K``.
 
-    Hands without world landmarks are fitted with the 2D term and priors only. Returns one
-    :class:`FittedHand` per detection, in order. Raises ValueError for a MANO model lacking a
-    side that was detected (the message names the file to add).
+    Returns one :class:`FittedHand` per detection, in order.
+
+    Raises: ValueError if a detection has no world landmarks (MediaPipe's Tasks API always
+    gives them); FileNotFoundError for a MANO model lacking a side that was detected.
     """
+    for i, d in enumerate(detections):
+        if d.world_joints is None or np.asarray(d.world_joints).shape != (21, 3) \
+                or not np.isfinite(d.world_joints).all():
+            raise ValueError(f"detections[{i}]: no finite (21, 3) world landmarks; the fit needs "
+                             "MediaPipe's hand_world_landmarks")
     K_t = torch.as_tensor(np.asarray(K, dtype=np.float64))
     fitted: list[FittedHand | None] = [None] * len(detections)
     for side in ("right", "left"):
         rows = [i for i, d in enumerate(detections) if d.side == side]
         if not rows:
             continue
-        dets = []
-        for i in rows:
-            d = detections[i]
-            if d.world_joints is None:  # no 3D: the 2D term and priors only
-                d = DetectedHand(joints2d=d.joints2d, side=d.side, side_score=d.side_score,
-                                 world_joints=np.zeros((21, 3), dtype=np.float32) + np.nan)
-            dets.append(d)
-        results = _fit_side_safe(model, side, dets, K_t, options)
+        dets = [detections[i] for i in rows]
+        results = _fit_side(model, side, dets, K_t, options)
         for i, (params, j3, j2, angles) in zip(rows, results):
             det = detections[i]
             res = _residuals(j2, det, j3)
@@ -436,41 +453,12 @@ def fit_detections(detections: Sequence[DetectedHand], model: HandModel, width: 
                 params=params, side=side, score=float(det.side_score), K=np.asarray(K, dtype=np.float64),
                 image_size=(int(width), int(height)), model=model.name, joints3d=j3.astype(np.float64),
                 joints2d=j2.astype(np.float64), detected2d=np.asarray(det.joints2d, dtype=np.float64),
-                detected_world=None if det.world_joints is None else np.asarray(det.world_joints, np.float64),
+                detected_world=np.asarray(det.world_joints, np.float64),
                 box=res["box"], hand_size_px=res["hand_size_px"], mean_error_px=res["mean_error_px"],
                 median_error_px=res["median_error_px"], mean_error=res["mean_error"], pck=res["pck"],
                 bone_angle_deg=res["bone_angle_deg"], problems=_problems(res, det, width, height, options),
                 angles=angles)
     return [f for f in fitted if f is not None]
-
-
-def _fit_side_safe(model, side, dets, K, options):
-    world_ok = [bool(np.isfinite(d.world_joints).all()) for d in dets]
-    if all(world_ok):
-        return _fit_side(model, side, dets, K, options)
-    # Hands without world landmarks: fit them one by one without the 3D term, starting
-    # from the palm facing the camera.
-    out = []
-    for d, ok in zip(dets, world_ok):
-        if ok:
-            out += _fit_side(model, side, [d], K, options)
-        else:
-            flat = _flat_world(model, side)
-            d2 = DetectedHand(joints2d=d.joints2d, side=d.side, side_score=d.side_score, world_joints=flat)
-            o = FitOptions(**{**options.__dict__, "w_3d": 0.0, "w_3d_start": 0.0})
-            out += _fit_side(model, side, [d2], K, o)
-    return out
-
-
-def _flat_world(model: HandModel, side: str) -> np.ndarray:
-    """The flat hand, palm to the camera, as stand-in world landmarks (N/A detections)."""
-    import roma
-
-    rot = roma.rotmat_to_rotvec(torch.tensor([[0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]]))
-    z = torch.zeros(1, 3)
-    rot = rot[None] if side == "right" else mirror_rotvec(rot[None])
-    j = model.keypoints(side, rot, torch.zeros(1, 45), torch.zeros(1, NUM_BETAS), z)[0]
-    return (j - j.mean(0)).numpy().astype(np.float32)
 
 
 def fit_hands(image, model: HandModel, detector: HandKeypointDetector, *, hands: str = "all",

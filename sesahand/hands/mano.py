@@ -281,6 +281,15 @@ class ManoHandModel(HandModel):
         tips = out.vertices[:, list(MANO_FINGERTIP_VERTICES)]
         return torch.cat([out.joints[:, :16], tips], dim=1)[:, list(OPENPOSE_FROM_MANO)]
 
+    def pca_prior(self, side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MANO's PCA pose prior of ``side``: ``hands_components`` (45, 45), ``hands_mean``
+        (45,) and the spread (45,) of each coefficient over MANO's training poses (float32).
+
+        Raises: ValueError / FileNotFoundError for an unknown or unloaded side.
+        """
+        self._check_side(side)
+        return self._components[side], self._mean[side], self._prior[side][0]
+
     def hands_mean(self, side: str) -> torch.Tensor:
         """MANO's mean hand pose (45,) float32 CPU, radians, relative to the flat hand.
 
