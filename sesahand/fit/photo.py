@@ -117,7 +117,6 @@ def load_photo(source: str | Path | BinaryIO, name: str | None = None) -> Photo:
     try:
         with Image.open(source) as image:
             check_photo_size(*image.size, name=label)
-            # Pillow's own bomb guard is global state; our cap above is stricter.
             image.load()
             focal = None
             try:
@@ -129,9 +128,13 @@ def load_photo(source: str | Path | BinaryIO, name: str | None = None) -> Photo:
                 focal = None
             upright = ImageOps.exif_transpose(image)
             pixels = _to_rgb8(upright)
+    except Image.DecompressionBombError as exc:  # Pillow refuses first beyond 2x its own limit
+        raise ValueError(f"{label}: larger than the {MAX_PHOTO_SIDE}-pixel side / "
+                         f"{MAX_PHOTO_PIXELS // 1_000_000}-megapixel limit for hand fitting ({exc}); "
+                         "downscale it first") from None
     except UnidentifiedImageError:
         raise ValueError(f"{label}: not an image Pillow can read (JPEG, PNG, WebP, BMP, TIFF)") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError) as exc:
         raise ValueError(f"{label}: the image is corrupt or truncated ({type(exc).__name__}); "
                          "re-export or re-download it") from None
     return Photo(pixels=np.ascontiguousarray(pixels), focal_35mm=focal if focal and focal > 0 else None,
