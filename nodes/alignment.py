@@ -18,7 +18,7 @@ from .render import HandsType
 #: File name looked for in the ``sesahand`` model folders when no path is given.
 TASK_NAME = "hand_landmarker.task"
 
-_DETECTORS: dict[tuple[str, float], HandKeypointDetector] = {}
+_DETECTORS: dict[tuple[str, float, int], HandKeypointDetector] = {}
 
 
 def _task_path(task_file: str) -> str:
@@ -46,12 +46,12 @@ def _close_detectors() -> None:
         _DETECTORS.popitem()[1].close()
 
 
-def cached_detector(task_file: str) -> HandKeypointDetector:
-    """One detector per model file (and modification time), kept for the process."""
+def cached_detector(task_file: str, num_hands: int = 2) -> HandKeypointDetector:
+    """One detector per model file (and modification time) and hand count, kept for the process."""
     path = os.path.realpath(_task_path(task_file))
-    key = (path, os.path.getmtime(path) if os.path.exists(path) else 0.0)
+    key = (path, os.path.getmtime(path) if os.path.exists(path) else 0.0, num_hands)
     if key not in _DETECTORS:
-        _DETECTORS[key] = HandKeypointDetector(path)
+        _DETECTORS[key] = HandKeypointDetector(path, num_hands=num_hands)
     return _DETECTORS[key]
 
 
