@@ -6,6 +6,7 @@ and the pack serves the workflows as templates."""
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tools.comfy_server import comfy_command, running_server
 pytestmark = pytest.mark.comfyui
 
 REPO = Path(__file__).resolve().parents[2]
-NAMES = ("sesahand_generate", "sesahand_random_batch", "sesahand_with_handrefiner_depth")
+NAMES = ("sesahand_generate", "sesahand_random_batch", "sesahand_with_handrefiner_depth", "sesahand_from_photo")
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,10 @@ def served(comfyui, tmp_path_factory):
                     folder.mkdir(parents=True, exist_ok=True)
                     (folder / value).touch()
                     folders[builder.MODEL_INPUTS[name]] = folder
+    command = comfy_command(root, folders)
+    shutil.copy(builder.DEMO_PHOTO, root / "input" / builder.PHOTO_FILE)  # the photo workflow's Load Image
     try:
-        with running_server(comfyui.path, comfy_command(root, folders), root) as (base, _):
+        with running_server(comfyui.path, command, root) as (base, _):
             info = requests.get(base + "/object_info", timeout=60)
             assert info.status_code == 200
             yield base, info.json()
@@ -93,6 +96,7 @@ def test_every_node_input_and_widget_exists_on_the_server(served, name):
                 control = options.get("control_after_generate")
                 has_control = bool(control) if control is not None else input_name in ("seed", "noise_seed")
                 widgets += 1 + {"INT": int(has_control), "COMBO": 2 * bool(control)}.get(kind(spec), 0)
+                widgets += bool(options.get("image_upload"))  # Load Image's upload button
         assert len(node.get("widgets_values", [])) == widgets, f"node {node['id']} ({node['type']})"
         assert [(o["name"], o["type"]) for o in node["outputs"]] == list(zip(info["output_name"], info["output"]))
 
@@ -106,7 +110,7 @@ def test_api_copy_is_the_ui_workflow_converted(served, name):
     specs = builder.WORKFLOWS[name]
     ids = builder.node_ids(specs)
     for spec in specs:
-        if spec.type == "Note":
+        if spec.type == "Note" or spec.mode == 4:  # bypassed nodes are left out of the prompt
             continue
         inputs = api[str(ids[spec.key])]["inputs"]
         for input_name, value in spec.values.items():
