@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import comfy.model_management
 import comfy.utils
 import numpy as np
@@ -15,6 +17,19 @@ from .alignment import TASK_NAME, cached_detector
 from .hands import HandModelChoice, HandModelType, PoseType
 
 MAX_SIZE = 4096
+
+_FIT_MODELS: dict[int, tuple[object, object]] = {}
+
+
+def fit_model(model):
+    """A copy of ``model`` usable with gradients: ComfyUI loads and runs everything under
+    ``torch.inference_mode``, whose tensors autograd cannot use; the copy is made outside it,
+    once per loaded model."""
+    entry = _FIT_MODELS.get(id(model))
+    if entry is None or entry[0] is not model:
+        with torch.inference_mode(False):
+            entry = _FIT_MODELS[id(model)] = (model, copy.deepcopy(model))
+    return entry[1]
 
 
 class SesaHandHandPoseFromImage(io.ComfyNode):
@@ -89,7 +104,7 @@ class SesaHandHandPoseFromImage(io.ComfyNode):
             raise ValueError(f"image {photo_w}x{photo_h} is larger than the {MAX_PHOTO_SIDE}-pixel limit "
                              "for hand fitting; scale it down first")
         detector = cached_detector(task_file, num_hands=MAX_HANDS)
-        model = hand_model.model
+        model = fit_model(hand_model.model)
         options = FitOptions(min_score=min_score)
         frame = Framing.make((photo_w, photo_h), (width, height), framing)
         K = photo_intrinsics(photo_w, photo_h, fov_deg=fov)

@@ -428,7 +428,9 @@ def fit_detections(detections: Sequence[DetectedHand], model: HandModel, width: 
                    K: np.ndarray, options: FitOptions = FitOptions()) -> list[FittedHand]:
     """Fit ``model`` to hands already detected in a ``width`` x ``height`` photo with camera ``K``.
 
-    Returns one :class:`FittedHand` per detection, in order.
+    Returns one :class:`FittedHand` per detection, in order. The fit needs gradients: it
+    enables them itself, but a model loaded under ``torch.inference_mode`` (as ComfyUI runs
+    nodes) must first be copied outside it (``copy.deepcopy``; the node does).
 
     Raises: ValueError if a detection has no world landmarks (MediaPipe's Tasks API always
     gives them); FileNotFoundError for a MANO model lacking a side that was detected.
@@ -438,14 +440,14 @@ def fit_detections(detections: Sequence[DetectedHand], model: HandModel, width: 
                 or not np.isfinite(d.world_joints).all():
             raise ValueError(f"detections[{i}]: no finite (21, 3) world landmarks; the fit needs "
                              "MediaPipe's hand_world_landmarks")
-    K_t = torch.as_tensor(np.asarray(K, dtype=np.float64))
     fitted: list[FittedHand | None] = [None] * len(detections)
     for side in ("right", "left"):
         rows = [i for i, d in enumerate(detections) if d.side == side]
         if not rows:
             continue
         dets = [detections[i] for i in rows]
-        results = _fit_side(model, side, dets, K_t, options)
+        with torch.inference_mode(False), torch.enable_grad():  # callers may run under no_grad
+            results = _fit_side(model, side, dets, torch.as_tensor(np.asarray(K, dtype=np.float64)), options)
         for i, (params, j3, j2, angles) in zip(rows, results):
             det = detections[i]
             res = _residuals(j2, det, j3)

@@ -69,6 +69,16 @@ def test_pose_from_photos_renders_over_them(comfyui, task):
     json.dumps(hands.frame_dict(0))
 
 
+def test_works_under_inference_mode_as_comfyui_runs_it(comfyui, task):
+    """ComfyUI loads the hand model and runs the node under torch.inference_mode."""
+    with torch.inference_mode():
+        hand_model = comfyui.node("SesaHandHandModel").execute(model="anny (open)", side="right").result[0]
+        pose = comfyui.node("SesaHandHandPoseFromImage").execute(
+            image=_batch("open_palm_left.jpg"), hand_model=hand_model, hands="all", min_score=0.5, fov=50.0,
+            width=256, height=256, framing="crop", task_file=task).result[0]
+    assert [h.side for h in pose.frames[0][1]] == ["left"]
+
+
 def test_interrupt_is_honoured(comfyui, task):
     import comfy.model_management as mm
 
