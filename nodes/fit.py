@@ -12,11 +12,12 @@ from comfy_api.latest import io, ui
 
 from ..sesahand.fit import DEFAULT_FOV_DEG, HAND_CHOICES, MAX_HANDS, FitOptions, Framing, fit_hands, photo_intrinsics
 from ..sesahand.fit.output import overlay_for, pose_document, pose_frame, pose_spec
-from ..sesahand.fit.photo import MAX_PHOTO_SIDE
+from ..sesahand.fit.photo import check_photo_size
+from ..sesahand.limits import MAX_FOV_DEG, MAX_IMAGE_SIDE, MIN_FOV_DEG
 from .alignment import TASK_NAME, cached_detector
 from .hands import HandModelChoice, HandModelType, PoseType
 
-MAX_SIZE = 4096
+MAX_SIZE = MAX_IMAGE_SIDE
 
 _FIT_MODELS: dict[int, tuple[object, object]] = {}
 
@@ -56,7 +57,7 @@ class SesaHandHandPoseFromImage(io.ComfyNode):
                                        "right hands (the subject's own side)."),
                 io.Float.Input("min_score", default=0.5, min=0.0, max=1.0, step=0.05,
                                tooltip="Least detector score (handedness probability) of a kept hand."),
-                io.Float.Input("fov", default=DEFAULT_FOV_DEG, min=5.0, max=150.0, step=0.5,
+                io.Float.Input("fov", default=DEFAULT_FOV_DEG, min=MIN_FOV_DEG, max=MAX_FOV_DEG, step=0.5,
                                tooltip="Field of view across the photo's longer side, degrees (images "
                                        "here carry no EXIF focal length)."),
                 io.Int.Input("width", default=512, min=64, max=MAX_SIZE, step=8,
@@ -90,8 +91,8 @@ class SesaHandHandPoseFromImage(io.ComfyNode):
                 return f"{name} {value} is not a multiple of 8 between 64 and {MAX_SIZE}"
         if min_score is not None and not 0.0 <= min_score <= 1.0:
             return f"min_score {min_score} is outside 0..1"
-        if fov is not None and not 5.0 <= fov <= 150.0:
-            return f"fov {fov} is outside 5..150 degrees"
+        if fov is not None and not MIN_FOV_DEG <= fov <= MAX_FOV_DEG:
+            return f"fov {fov} is outside {MIN_FOV_DEG:g}..{MAX_FOV_DEG:g} degrees"
         if hands is not None and hands not in HAND_CHOICES:
             return f"hands {hands!r} is unknown; choose one of {list(HAND_CHOICES)}"
         return True
@@ -100,9 +101,7 @@ class SesaHandHandPoseFromImage(io.ComfyNode):
     def execute(cls, image: torch.Tensor, hand_model: HandModelChoice, hands: str, min_score: float, fov: float,
                 width: int, height: int, framing: str, task_file: str) -> io.NodeOutput:
         batch, photo_h, photo_w = image.shape[:3]
-        if max(photo_w, photo_h) > MAX_PHOTO_SIDE:
-            raise ValueError(f"image {photo_w}x{photo_h} is larger than the {MAX_PHOTO_SIDE}-pixel limit "
-                             "for hand fitting; scale it down first")
+        check_photo_size(photo_w, photo_h, "image")
         detector = cached_detector(task_file, num_hands=MAX_HANDS)
         model = fit_model(hand_model.model)
         options = FitOptions(min_score=min_score)

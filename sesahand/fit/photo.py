@@ -2,10 +2,11 @@
 
 Every photo becomes an (H, W, 3) uint8 RGB array in its upright orientation:
 
-* The size is checked from the file header *before* any pixel is decoded: a photo whose
-  longer side exceeds :data:`MAX_PHOTO_SIDE` or whose pixel count exceeds
-  :data:`MAX_PHOTO_PIXELS` is refused (no unbounded allocation); so is one whose shorter
-  side is below :data:`MIN_PHOTO_SIDE`.
+* The file size (``sesahand.limits.MAX_PHOTO_FILE_BYTES``) and the image size are checked
+  from the file header *before* any pixel is decoded: a photo whose side exceeds
+  :data:`MAX_PHOTO_SIDE` or whose pixel count exceeds :data:`MAX_PHOTO_PIXELS` (the pack's
+  image limits, ``sesahand.limits``) is refused (no unbounded allocation); so is one whose
+  side is below ``sesahand.limits.MIN_IMAGE_SIDE``.
 * EXIF orientation is applied (``ImageOps.exif_transpose``), so the keypoints and the camera
   refer to the picture as people see it.
 * Colour modes: 16-bit and 32-bit greyscale are scaled to 8 bits (not clipped), CMYK / YCbCr /
@@ -27,13 +28,12 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# The one place photo sizes are capped. (Switch to sesahand.limits once it lands.)
-#: Longest accepted photo side in pixels.
-MAX_PHOTO_SIDE = 8192
-#: Most pixels accepted in one photo (about 40 megapixels).
-MAX_PHOTO_PIXELS = 40_000_000
-#: Shortest accepted photo side in pixels (MediaPipe needs some pixels to find a hand).
-MIN_PHOTO_SIDE = 16
+from ..limits import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MAX_PHOTO_FILE_BYTES, check_fov, check_image_size
+
+#: Longest accepted photo side in pixels (the pack's image limit).
+MAX_PHOTO_SIDE = MAX_IMAGE_SIDE
+#: Most pixels accepted in one photo.
+MAX_PHOTO_PIXELS = MAX_IMAGE_PIXELS
 
 #: Field of view (degrees) across the photo's longer side when EXIF gives no focal length:
 #: between a phone's main camera (about 65-70 degrees) and a cropped or zoomed shot.
@@ -69,16 +69,12 @@ class Photo:
 
 
 def check_photo_size(width: int, height: int, name: str = "image") -> None:
-    """Refuse sizes outside :data:`MIN_PHOTO_SIDE` .. :data:`MAX_PHOTO_SIDE` / :data:`MAX_PHOTO_PIXELS`.
+    """Refuse photo sizes outside the pack's image limits (``sesahand.limits.check_image_size``,
+    any multiple).
 
-    Raises: ValueError naming the size, the limit and what to do.
+    Raises: ValueError naming the photo, the size, the limit and what to do.
     """
-    if max(width, height) > MAX_PHOTO_SIDE or width * height > MAX_PHOTO_PIXELS:
-        raise ValueError(f"{name}: {width}x{height} pixels is larger than the {MAX_PHOTO_SIDE}-pixel side / "
-                         f"{MAX_PHOTO_PIXELS // 1_000_000}-megapixel limit for hand fitting; downscale it first")
-    if min(width, height) < MIN_PHOTO_SIDE:
-        raise ValueError(f"{name}: {width}x{height} pixels is too small to find a hand in (each side "
-                         f"needs at least {MIN_PHOTO_SIDE} pixels)")
+    check_image_size(int(width), int(height), f"{name} ({width}x{height} photo)", multiple=1)
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:
@@ -112,8 +108,12 @@ def load_photo(source: str | Path | BinaryIO, name: str | None = None) -> Photo:
         FileNotFoundError: the path does not exist.
     """
     label = name or (Path(source).name if isinstance(source, (str, Path)) else "image")
-    if isinstance(source, (str, Path)) and not Path(source).is_file():
-        raise FileNotFoundError(f"{label}: no such image file")
+    if isinstance(source, (str, Path)):
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"{label}: no such image file")
+        if Path(source).stat().st_size > MAX_PHOTO_FILE_BYTES:
+            raise ValueError(f"{label}: the file is larger than {MAX_PHOTO_FILE_BYTES // (1024 * 1024)} MiB, "
+                             "the limit for photos; downscale or re-encode it")
     try:
         with Image.open(source) as image:
             check_photo_size(*image.size, name=label)
@@ -129,9 +129,8 @@ def load_photo(source: str | Path | BinaryIO, name: str | None = None) -> Photo:
             upright = ImageOps.exif_transpose(image)
             pixels = _to_rgb8(upright)
     except Image.DecompressionBombError as exc:  # Pillow refuses first beyond 2x its own limit
-        raise ValueError(f"{label}: larger than the {MAX_PHOTO_SIDE}-pixel side / "
-                         f"{MAX_PHOTO_PIXELS // 1_000_000}-megapixel limit for hand fitting ({exc}); "
-                         "downscale it first") from None
+        raise ValueError(f"{label}: larger than {MAX_PHOTO_PIXELS} pixels, the limit for photos "
+                         f"({exc}); downscale it first") from None
     except UnidentifiedImageError:
         raise ValueError(f"{label}: not an image Pillow can read (JPEG, PNG, WebP, BMP, TIFF)") from None
     except (OSError, SyntaxError) as exc:
@@ -173,14 +172,12 @@ def photo_intrinsics(width: int, height: int, *, fov_deg: float | None = None,
     the diagonal), else ``fov_deg`` (degrees across the longer side), else
     :data:`DEFAULT_FOV_DEG`.
 
-    Raises: ValueError for a field of view outside 5..150 degrees.
+    Raises: ValueError for a field of view outside the pack's range (``sesahand.limits``).
     """
     if focal_35mm:
         f = float(focal_35mm) * math.hypot(width, height) / FILM_DIAGONAL_MM
     else:
-        fov = DEFAULT_FOV_DEG if fov_deg is None else float(fov_deg)
-        if not 5.0 <= fov <= 150.0:
-            raise ValueError(f"fov_deg: {fov} degrees is outside 5..150")
+        fov = DEFAULT_FOV_DEG if fov_deg is None else check_fov(fov_deg, "field of view (fov)")
         f = 0.5 * max(width, height) / math.tan(math.radians(fov) / 2.0)
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sesahand.fit import MAX_PHOTO_SIDE, load_photo, photo_intrinsics
+from sesahand.fit import MAX_PHOTO_PIXELS, MAX_PHOTO_SIDE, load_photo, photo_intrinsics
 from sesahand.fit.photo import as_rgb8
 from tests.fit.conftest import PHOTOS
 
@@ -26,16 +26,16 @@ def _png_header_only(path, width, height):
     return path
 
 
-@pytest.mark.parametrize("width,height", [(20000, 20000), (9000, 1000), (7000, 7000)])
+@pytest.mark.parametrize("width,height", [(20000, 20000), (9000, 1000), (4000, 4400)])
 def test_huge_photo_is_refused_before_decoding(tmp_path, width, height):
     path = _png_header_only(tmp_path / "huge.png", width, height)
-    with pytest.raises(ValueError, match=f"larger than the {MAX_PHOTO_SIDE}-pixel side"):
+    with pytest.raises(ValueError, match=f"huge.png.*({MAX_PHOTO_SIDE}|{MAX_PHOTO_PIXELS})"):
         load_photo(path)
 
 
 def test_tiny_photo_is_refused(tmp_path):
     Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
-    with pytest.raises(ValueError, match="1x1.*too small"):
+    with pytest.raises(ValueError, match="dot.png.*width 1 is outside"):
         load_photo(tmp_path / "dot.png")
 
 
@@ -86,7 +86,7 @@ def test_in_memory_images():
     assert as_rgb8(np.full((32, 48, 3), 0.5, dtype=np.float32))[0, 0, 0] == 128
     with pytest.raises(ValueError, match="RGB image"):
         as_rgb8(np.zeros((32, 32)))
-    with pytest.raises(ValueError, match="larger than"):
+    with pytest.raises(ValueError, match=f"height {MAX_PHOTO_SIDE + 8} is outside"):
         as_rgb8(np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (MAX_PHOTO_SIDE + 8, 16, 3)))
 
 
