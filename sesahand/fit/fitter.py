@@ -93,9 +93,9 @@ class FitOptions:
     w_pose: float = 1e-4
     w_pca: float = 1e-4
     w_betas: float = 1e-3
-    rigid_iterations: int = 15
-    full_iterations: int = 30
-    refine_iterations: int = 30
+    rigid_iterations: int = 10
+    full_iterations: int = 20
+    refine_iterations: int = 20
     max_error: float = 0.06
     min_pck: float = 0.9
     min_hand_px: float = 40.0

@@ -182,7 +182,7 @@ def test_tiny_and_bad_fits_are_reported(photo_fits, anny_model):
 
 def test_synthetic_hand_is_recovered(anny_model):
     """Keypoints made from a known hand (a preset, turned and placed; world landmarks exact)
-    are fitted to within 1 % of the hand size, and the 3D joints to within 1 cm on average (the
+    are fitted to within 1.5 % of the hand size, and the 3D joints to within 1 cm on average (the
     priors pull a little; a fingertip's depth is the least constrained)."""
     from sesahand.eval.detector import DetectedHand
     from sesahand.fit import fit_detections, photo_intrinsics
@@ -200,7 +200,7 @@ def test_synthetic_hand_is_recovered(anny_model):
                        world_joints=(joints - joints.mean(0)).astype(np.float32))
     fit = fit_detections([replace(det)], anny_model, 480, 360, K)[0]
     assert fit.ok, fit.problems
-    assert fit.mean_error < 0.01, fit.mean_error
+    assert fit.mean_error < 0.015, fit.mean_error
     distance = np.linalg.norm(fit.joints3d - joints, axis=1)
     assert distance.mean() < 0.01 and distance.max() < 0.03, distance
 
