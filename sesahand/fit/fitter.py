@@ -302,8 +302,8 @@ def _lbfgs(params: list[torch.Tensor], closure_energy: Callable[[], torch.Tensor
     optimizer.step(closure)
 
 
-def _initial_rotations(model: HandModel, side: str, problem: _Problem, K: torch.Tensor,
-                       world: torch.Tensor, det2d: torch.Tensor, init_raw: torch.Tensor) -> torch.Tensor:
+def _initial_rotations(model: HandModel, side: str, problem: _Problem, world: torch.Tensor,
+                       init_raw: torch.Tensor) -> torch.Tensor:
     """Global orientations (N, 3): Kabsch of the model's palm joints onto the (ray-turned) world
     landmarks."""
     import roma
@@ -355,7 +355,7 @@ def _fit_side(model: HandModel, side: str, dets: list[DetectedHand], K: torch.Te
     lo, hi = problem.lo, problem.hi
     start = torch.minimum(torch.maximum(_initial_angles(world), lo + 0.05 * (hi - lo)), hi - 0.05 * (hi - lo))
     init_raw = torch.logit((start - lo) / (hi - lo))
-    rot = _initial_rotations(model, side, problem, K, world, det2d, init_raw)
+    rot = _initial_rotations(model, side, problem, world, init_raw)
     betas = torch.zeros(n, NUM_BETAS, dtype=torch.float64)
     wrist = torch.zeros(n, 2, dtype=torch.float64)
     # Depth: the model's joints at depth 1 m projected vs the detected keypoint spread.
