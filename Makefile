@@ -70,10 +70,10 @@ test: venv test-models browser
 	$(TEST_MODELS) COMFYUI_PATH="$(COMFYUI_PATH)" $(PY) -m pytest
 
 # The main job in a real ComfyUI: find (or clone) it, install its requirements, run the shipped workflow.
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed $(HAND_TASK)
 	COMFYUI_PATH="$(COMFYUI_PATH)" $(PY) tools/demo.py --fetch-comfyui
 	@$(MAKE) --no-print-directory $(VENV)/.comfyui
-	COMFYUI_PATH="$(COMFYUI_PATH)" $(PY) tools/demo.py --out demo_out
+	$(TEST_MODELS) COMFYUI_PATH="$(COMFYUI_PATH)" $(PY) tools/demo.py --out demo_out
 
 bench: $(VENV)/.installed
 	$(PY) -m pip install -q pyrender==0.1.45

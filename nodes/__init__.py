@@ -15,7 +15,7 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
-from . import alignment, dataset, editor, semantics
+from . import alignment, dataset, editor, fit, semantics
 from .attention import SesaHandHandAttention, SesaHandHandAttentionSampler
 from .control import SesaHandApplyHandControl, SesaHandLoadControlNet
 from .hands import SesaHandHandModel, SesaHandHandPose
@@ -50,4 +50,4 @@ class SesaHandExtension(ComfyExtension):
         return [SesaHandHandModel, SesaHandHandPose, SesaHandRenderConditions, SesaHandExportMesh,
                 SesaHandHandAttention, SesaHandHandAttentionSampler,
                 SesaHandLoadControlNet, SesaHandApplyHandControl,
-                *semantics.NODES, *dataset.NODES, *alignment.NODES, *editor.NODES]
+                *semantics.NODES, *dataset.NODES, *alignment.NODES, *editor.NODES, *fit.NODES]

@@ -20,10 +20,10 @@ from .render import HandsType
 #: File name looked for in the ``sesahand`` model folders when no path is given.
 TASK_NAME = "hand_landmarker.task"
 
-_DETECTORS: dict[tuple[str, float], HandKeypointDetector] = {}
+_DETECTORS: dict[tuple[str, float, int], HandKeypointDetector] = {}
 
 
-def _task_path(task_file: str) -> str:
+def task_path(task_file: str) -> str:
     """The .task to use: the input (a file in the ``sesahand`` model folders, by the rule of
     :mod:`sesahand.safe_paths`), else $SESAHAND_HAND_LANDMARKER (the administrator's), else
     models/sesahand/hand_landmarker.task."""
@@ -52,12 +52,12 @@ def _close_detectors() -> None:
         _DETECTORS.popitem()[1].close()
 
 
-def cached_detector(task_file: str) -> HandKeypointDetector:
-    """One detector per model file (and modification time), kept for the process."""
-    path = os.path.realpath(_task_path(task_file))
-    key = (path, os.path.getmtime(path) if os.path.exists(path) else 0.0)
+def cached_detector(task_file: str, num_hands: int = 2) -> HandKeypointDetector:
+    """One detector per model file (and modification time) and hand count, kept for the process."""
+    path = os.path.realpath(task_path(task_file))
+    key = (path, os.path.getmtime(path) if os.path.exists(path) else 0.0, num_hands)
     if key not in _DETECTORS:
-        _DETECTORS[key] = HandKeypointDetector(path)
+        _DETECTORS[key] = HandKeypointDetector(path, num_hands=num_hands)
     return _DETECTORS[key]
 
 
@@ -108,7 +108,7 @@ class SesaHandAlignmentCheck(io.ComfyNode):
             return f"min_pck {str(min_pck)[:40]!r} is not a number in 0..1"
         if task_file is not None and task_file.strip():
             try:
-                _task_path(task_file)
+                task_path(task_file)
             except ValueError as exc:
                 return str(exc)
         return True

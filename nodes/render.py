@@ -24,6 +24,24 @@ HandsType = io.Custom("SESAHAND_HANDS")
 MAX_SIZE = limits.MAX_IMAGE_SIDE
 
 
+def size_error(width, height) -> str | None:
+    """The message for a bad ``width`` / ``height`` widget value, or None when both are fine.
+
+    Widget values reach ``validate_inputs`` unchecked (ComfyUI skips its own min/max checks for
+    inputs named there, and calls it even when its type conversion failed, so a value may still
+    be the string of a /prompt body); linked values arrive as None and are checked at run time.
+    """
+    for name, value in (("width", width), ("height", height)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{name} {str(value)[:40]!r} is not a whole number; give an integer such as 512"
+        if value % 8 or not 64 <= value <= MAX_SIZE:
+            return (f"{name} {value} is not a multiple of 8 between 64 and {MAX_SIZE}; "
+                    "Stable Diffusion needs sizes like 512 or 768")
+    return None
+
+
 def _image(t: torch.Tensor) -> torch.Tensor:
     """A ComfyUI IMAGE (B, H, W, 3) float32 on the CPU; (B, H, W) maps become grey."""
     t = t.detach().to("cpu", torch.float32)
@@ -80,17 +98,11 @@ class SesaHandRenderConditions(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, width=None, height=None, batch_size=None, fov=None):
-        # Widget values arrive here unchecked (ComfyUI skips its own min/max checks for inputs
-        # named in validate_inputs, and calls this even when its own type conversion failed, so
-        # a value may still be the string of a /prompt body); linked values arrive as None and
-        # are checked at run time.
-        for name, value in (("width", width), ("height", height), ("batch_size", batch_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                return f"{name} {str(value)[:40]!r} is not a whole number; give an integer such as 512"
-        for name, value in (("width", width), ("height", height)):
-            if value is not None and (value % 8 or not 64 <= value <= MAX_SIZE):
-                return (f"{name} {value} is not a multiple of 8 between 64 and {MAX_SIZE}; "
-                        "Stable Diffusion needs sizes like 512 or 768")
+        error = size_error(width, height)
+        if error:
+            return error
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)):
+            return f"batch_size {str(batch_size)[:40]!r} is not a whole number; give an integer such as 4"
         if batch_size is not None and not 1 <= batch_size <= limits.MAX_BATCH:
             return f"batch_size {batch_size} is outside 1..{limits.MAX_BATCH}"
         if None not in (width, height, batch_size):

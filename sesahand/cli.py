@@ -20,7 +20,8 @@ log = logging.getLogger("sesahand")
 
 #: Modules adding more commands: each has ``register(subparsers)``, which imports nothing heavy
 #: (the command's own function imports what it needs when it runs).
-COMMAND_MODULES = (".queue.commands", ".semantics.commands", ".data.commands", ".eval.commands", ".train.commands")
+COMMAND_MODULES = (".queue.commands", ".semantics.commands", ".data.commands", ".eval.commands", ".train.commands",
+                   ".fit.commands")
 
 
 #: What ``render`` writes for one frame (in ``--out``, or in ``--out/frame_NNNNN/`` per frame).

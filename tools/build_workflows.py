@@ -47,7 +47,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -66,7 +66,10 @@ WORKFLOW_DIR = REPO / "workflows"
 API_DIR = REPO / "tests" / "workflows"
 #: Model-file combo inputs -> the ComfyUI model folder their files live in. Their values are the
 #: names users give their files; they are not checked against the build server's lists.
-MODEL_INPUTS = {"ckpt_name": "checkpoints", "control_net_name": "controlnet", "mano_file": "mano"}
+MODEL_INPUTS = {"ckpt_name": "checkpoints", "control_net_name": "controlnet", "mano_file": "mano",
+                "vlm": "LLM", "llm": "LLM"}
+#: File combo inputs whose files live in ComfyUI's input folder (Load Image's ``image``).
+INPUT_FILES = ("image",)
 NOTE_COLOR, NOTE_BGCOLOR = "#432", "#653"  # LiteGraph's yellow, as the frontend gives Note nodes
 
 # Layout (pixels). LiteGraph draws the title bar above a node's position.
@@ -92,6 +95,8 @@ class Spec:
         links: input name -> ``"node_key.output_name"``.
         size: (width, height) instead of the computed one.
         text: the text of a ``Note``.
+        mode: LiteGraph node mode: 0 always, 4 bypassed (left out of the prompt).
+        group: title of the group box drawn around the nodes that name it.
     """
 
     key: str
@@ -103,6 +108,8 @@ class Spec:
     links: Mapping[str, str] = field(default_factory=dict)
     size: tuple[int, int] | None = None
     text: str = ""
+    mode: int = 0
+    group: str | None = None
 
 
 # --------------------------------------------------------------------------- the workflows
@@ -249,11 +256,68 @@ def _handrefiner_workflow() -> list[Spec]:
     ]
 
 
+PHOTO_FILE = "sesahand_photo.jpg"
+#: The shipped real photo the demo copies into ComfyUI's input folder as PHOTO_FILE.
+DEMO_PHOTO = REPO / "tests" / "data" / "photos" / "two_hands_back.jpg"
+CAPTION_GROUP = "Behaviour captioner (optional: needs a VLM and an LLM in models/LLM)"
+PHOTO_NOTE = (
+    "Files (put them in ComfyUI/..., then press R to refresh the lists)\n\n"
+    f"- input: your photo (here {PHOTO_FILE}); or upload one in Load Image.\n"
+    "- models/sesahand: hand_landmarker.task, MediaPipe's hand landmarker (python -m sesahand "
+    "qa-model builds it from the mediapipe 0.10.21 wheel; see the README), for Hand Pose from Image.\n"
+    f"- models/checkpoints: a Stable Diffusion 1.5 checkpoint, e.g. {CHECKPOINT}.\n"
+    f"- models/controlnet or models/sesahand: SesaHand ControlNet weights ({SESAHAND_CONTROLNET} here).\n"
+    f"- {MANO_LINE}"
+)
+PHOTO_HOWTO = (
+    "From a photo\n\n"
+    "SesaHand Hand Pose from Image finds the hands in the photo (MediaPipe) and fits the hand model "
+    "to each; its overlay shows detected keypoints (magenta), fitted joints (green) and the mesh "
+    "outline (red: a hand left out, with the reason in the node's text). Render Conditions draws "
+    "the fitted hands pixel-aligned with the photo framed to width x height (letterbox here).\n\n"
+    "The captioner group is bypassed: to describe the photo, put a VLM and an LLM in models/LLM, "
+    "select the group, press Ctrl+B, and connect Behaviour Captioner's prompt to the Prompt's two "
+    "consumers.\n\n"
+    f"{DATASET_LINE}"
+)
+
+
+def _photo_workflow() -> list[Spec]:
+    """Load Image -> (captioner, bypassed) -> Hand Pose from Image -> Render Conditions -> the
+    generate workflow's ControlNet, sampler and savers."""
+    base = {s.key: s for s in _sesahand_workflow(random_pose=False)}
+    return [
+        replace(base["note_models"], title="Files", text=PHOTO_NOTE),
+        base["checkpoint"],
+        Spec("photo", "LoadImage", 0, title="Photo", values={"image": PHOTO_FILE}),
+        base["hand_model"],
+        Spec("photo_pose", "SesaHandHandPoseFromImage", 1,
+             values={"hands": "all", "min_score": 0.5, "fov": 50.0, "width": 512, "height": 512,
+                     "framing": "letterbox", "task_file": ""},
+             links={"image": "photo.IMAGE", "hand_model": "hand_model.hand_model"}),
+        replace(base["render"], column=1, links={"hand_model": "hand_model.hand_model", "pose": "photo_pose.pose"}),
+        base["size"], base["latent"],
+        Spec("preview_overlay", "PreviewImage", 2, title="Preview fit overlay", size=(260, 280),
+             links={"images": "photo_pose.overlay"}),
+        base["preview_mesh"], base["preview_depth"],
+        Spec("semantics_models", "SesaHandLoadSemanticsModels", 2, mode=4, group=CAPTION_GROUP,
+             values={"vlm": "Qwen2-VL-2B-Instruct", "llm": "Qwen2.5-1.5B-Instruct"}),
+        Spec("captioner", "SesaHandBehaviourCaptioner", 2, mode=4, group=CAPTION_GROUP,
+             links={"models": "semantics_models.models", "image": "photo.IMAGE", "hands": "render.hands"}),
+        replace(base["prompt"], values={"value": POSITIVE_RANDOM}),
+        *(base[k] for k in ("positive", "negative", "controlnet", "apply", "sampler", "decode")),
+        replace(base["save"], values={"filename_prefix": "sesahand/from_photo"}),
+        replace(base["dataset"], values={**base["dataset"].values, "dataset": "sesahand_from_photo"}),
+        replace(base["note_howto"], title="How it works", text=PHOTO_HOWTO),
+    ]
+
+
 #: Workflow name -> its description.
 WORKFLOWS: dict[str, list[Spec]] = {
     "sesahand_generate": _sesahand_workflow(random_pose=False),
     "sesahand_random_batch": _sesahand_workflow(random_pose=True),
     "sesahand_with_handrefiner_depth": _handrefiner_workflow(),
+    "sesahand_from_photo": _photo_workflow(),
 }
 
 
@@ -270,7 +334,7 @@ def node_inputs(node_type: str, info: dict) -> list[NodeInput]:
     """
     slots = frontend_inputs(info)
     for slot in slots:
-        if any(slot.options.get(k) for k in ("image_upload", "video_upload", "animated_image_upload",
+        if any(slot.options.get(k) for k in ("video_upload", "animated_image_upload",
                                              "multiselect", "multi_select", "remote", "widgetType")):
             raise ValueError(f"{node_type}.{slot.name}: this builder does not model its widget "
                              f"({sorted(slot.options)}); use another node")
@@ -280,8 +344,9 @@ def node_inputs(node_type: str, info: dict) -> list[NodeInput]:
 def _check_value(where: str, slot: NodeInput, value) -> None:
     options = input_options(slot.spec)
     if slot.type == "COMBO":
-        if slot.name not in MODEL_INPUTS and value not in combo_choices(slot.spec):
-            raise ValueError(f"{where}: {value!r} is not one of {combo_choices(slot.spec)}")
+        if slot.name not in MODEL_INPUTS and slot.name not in INPUT_FILES \
+                and value not in _combo_choices(slot.spec):
+            raise ValueError(f"{where}: {value!r} is not one of {_combo_choices(slot.spec)}")
         return
     expected = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}.get(slot.type)
     if expected is None:
@@ -317,6 +382,8 @@ def _widget_values(spec: Spec, slots: list[NodeInput]) -> list:
                 values.append("")  # the control's filter text
         elif slot.name in spec.controls:
             raise ValueError(f"{where} has no control_after_generate widget")
+    if any(s.widget and s.options.get("image_upload") for s in slots):
+        values.append("image")  # the frontend's "choose file to upload" button, saved last
     return values
 
 
@@ -434,7 +501,7 @@ def build_ui(specs: list[Spec], object_info: dict) -> dict:
         pos = [column_x[spec.column], column_y[spec.column]]
         column_y[spec.column] += size[1] + TITLE_H + ROW_GAP
         node: dict = {"id": ids[spec.key], "type": spec.type, "pos": pos, "size": size, "flags": {},
-                      "order": order[ids[spec.key]], "mode": 0}
+                      "order": order[ids[spec.key]], "mode": spec.mode}
         node["inputs"] = [{"name": s.name, "type": s.type, **({"shape": 7} if s.optional else {}),
                            **({"widget": {"name": s.name}} if s.widget else {}),
                            "link": input_links.get((spec.key, s.name))} for s in saved_inputs[spec.key]]
@@ -452,8 +519,17 @@ def build_ui(specs: list[Spec], object_info: dict) -> dict:
             if values:
                 node["widgets_values"] = values
         nodes.append(node)
+    groups = []
+    for title in dict.fromkeys(s.group for s in specs if s.group):
+        members = [n for s, n in zip(specs, nodes) if s.group == title]
+        x0 = min(n["pos"][0] for n in members) - 10
+        y0 = min(n["pos"][1] for n in members) - TITLE_H - 40
+        x1 = max(n["pos"][0] + n["size"][0] for n in members) + 10
+        y1 = max(n["pos"][1] + n["size"][1] for n in members) + 10
+        groups.append({"id": len(groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
+                       "color": "#3f789e", "font_size": 24, "flags": {}})
     return {"last_node_id": len(specs), "last_link_id": len(links), "nodes": nodes, "links": links,
-            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+            "groups": groups, "config": {}, "extra": {}, "version": 0.4}
 
 
 def to_json(data: dict) -> bytes:
@@ -493,6 +569,8 @@ def write_thumbnail(name: str, object_info: dict, path: Path) -> Path:
     from sesahand.pipeline import render_scenes
 
     specs = {s.key: s for s in WORKFLOWS[name]}
+    if "photo_pose" in specs:
+        return _photo_thumbnail(name, specs, object_info, path)
     pose, render = specs["pose"], specs["render"]
 
     def value(spec: Spec, key: str):
@@ -528,6 +606,54 @@ def write_thumbnail(name: str, object_info: dict, path: Path) -> Path:
             array = np.repeat(array[..., None], 3, axis=2)
         tile = Image.fromarray((array * 255 + 0.5).astype(np.uint8)).resize((THUMB_TILE, THUMB_TILE),
                                                                           Image.LANCZOS)
+        x, y = (i % 2) * THUMB_TILE, caption_h + (i // 2) * THUMB_TILE
+        sheet.paste(tile, (x, y))
+        draw.text((x + 8, y + 6), key, fill="white", font=small)
+    with tempfile.NamedTemporaryFile(suffix=".jpg") as tmp:
+        sheet.save(tmp.name, quality=88)
+        return atomic_write_bytes(path, Path(tmp.name).read_bytes())
+
+
+def _photo_thumbnail(name: str, specs: dict, object_info: dict, path: Path) -> Path:
+    """The photo workflow's thumbnail: the shipped demo photo framed as the workflow frames it,
+    the fit overlay, and the mesh and depth maps of the fitted hands (needs the MediaPipe hand
+    landmarker: ``$SESAHAND_HAND_LANDMARKER``)."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    from sesahand.eval.detector import HandKeypointDetector
+    from sesahand.fit import MAX_HANDS, Framing, fit_hands, load_photo, photo_intrinsics
+    from sesahand.fit.output import overlay_for, render_fit
+    from sesahand.hands import load_hand_model
+    from sesahand.hands.anny_model import default_cache_dir
+
+    fit = specs["photo_pose"]
+
+    def value(key: str):
+        return _spec_value(fit, key, object_info)
+
+    photo = load_photo(DEMO_PHOTO)
+    model = load_hand_model("anny", cache_dir=default_cache_dir())
+    with HandKeypointDetector(num_hands=MAX_HANDS) as detector:
+        fits = fit_hands(photo.pixels, model, detector, hands=value("hands"), fov_deg=value("fov"))
+    K = photo_intrinsics(photo.width, photo.height, fov_deg=value("fov"))
+    framing = Framing.make((photo.width, photo.height), (value("width"), value("height")), value("framing"))
+    cond, _, _ = render_fit(model, fits, K, framing, backend="moderngl")
+    tiles = {"photo": framing.image(photo.pixels), "fit overlay": overlay_for(model, photo.pixels, fits, K, framing),
+             "mesh": cond.mesh[0], "depth": cond.depth_image[0]}
+    caption_h = 56
+    sheet = Image.new("RGB", (2 * THUMB_TILE, caption_h + 2 * THUMB_TILE), "black")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((10, 6), name, fill="white", font=ImageFont.load_default(size=18))
+    small = ImageFont.load_default(size=13)
+    draw.text((10, 32), f"a real photo ({DEMO_PHOTO.name}), its fit and condition maps; no result",
+              fill=(190, 190, 190), font=small)
+    for i, (key, array) in enumerate(tiles.items()):
+        if not isinstance(array, np.ndarray):
+            array = (array.detach().cpu().float().clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=2)
+        tile = Image.fromarray(array).resize((THUMB_TILE, THUMB_TILE), Image.LANCZOS)
         x, y = (i % 2) * THUMB_TILE, caption_h + (i // 2) * THUMB_TILE
         sheet.paste(tile, (x, y))
         draw.text((x + 8, y + 6), key, fill="white", font=small)

@@ -9,7 +9,12 @@ starts it headless on a free loopback port with this pack loaded, queues
 * ``maps/{mesh,depth,normal,pose}.png``: the condition maps it was made from (the workflow's
   previews);
 * ``labels.jsonl``, ``images/``, ``conditions/``: the labelled dataset sample written by the
-  workflow's SesaHand Save Dataset Sample node (see the README's dataset format).
+  workflow's SesaHand Save Dataset Sample node (see the README's dataset format);
+* ``photo/``: the photo path, ``workflows/sesahand_from_photo.json`` on a real photo shipped
+  with the pack (``tests/data/photos/two_hands_back.jpg``): ``overlay.png`` (the fit: detected
+  keypoints, fitted joints, mesh outline), ``image.png``, ``maps/`` and its dataset sample. It
+  needs MediaPipe's hand landmarker: ``$SESAHAND_HAND_LANDMARKER`` (``make demo`` builds
+  ``.venv/models/hand_landmarker.task`` and sets it).
 
 Models: ``$SESAHAND_CHECKPOINT`` (an SD1.5 checkpoint file) and ``$SESAHAND_CONTROLNET`` (a
 SesaHand or other SD1.5 ControlNet file). Without a checkpoint the demo builds a tiny
@@ -46,17 +51,21 @@ from sesahand.queue import (
     history_outcome,
     ui_to_api,
 )
+from tools.build_workflows import DEMO_PHOTO, PHOTO_FILE
 from tools.comfy_server import comfy_command, running_server
 
 COMFYUI_RELEASE = "v0.3.64"
 COMFYUI_GIT = "https://github.com/Comfy-Org/ComfyUI.git"
 WORKFLOW = REPO / "workflows" / "sesahand_generate.json"
+PHOTO_WORKFLOW = REPO / "workflows" / "sesahand_from_photo.json"
 TINY_CHECKPOINT = "sesahand_tiny_random_sd15.safetensors"
 TINY_CONTROLNET = "sesahand_tiny_random_controlnet.safetensors"
 TINY_STEPS = 4
 TINY_SIZE = 256
 DATASET = "sesahand_demo"
 FILES = "sesahand_demo_files"
+PHOTO_DATASET = "sesahand_demo_photo"
+PHOTO_FILES = "sesahand_demo_photo_files"
 PROVIDE_COMFYUI = (
     "Provide ComfyUI {release} in one of these ways, then run `make demo` again:\n"
     "  git clone --depth 1 --branch {release} {git} ~/ComfyUI\n"
@@ -122,9 +131,11 @@ def tiny_models(comfyui: Path, folder: Path) -> tuple[Path, Path]:
             tiny_sd15.build_controlnet(folder / TINY_CONTROLNET))
 
 
-def demo_prompt(workflow: dict, object_info: dict, checkpoint: str, controlnet: str | None, tiny: bool) -> dict:
+def demo_prompt(workflow: dict, object_info: dict, checkpoint: str, controlnet: str | None, tiny: bool,
+                files: str = FILES, dataset: str = DATASET) -> dict:
     """The API prompt of the demo: the shipped workflow with the demo's models, the condition
-    previews saved, and the outputs under ``sesahand_demo/``. ``tiny``: the tiny random
+    previews saved (named after the output they show), and the outputs under ``files`` and
+    ``dataset`` in ComfyUI's output folder. ``tiny``: the tiny random
     checkpoint, whose one-level UNet has cross-attention only in its encoder and middle block
     (hand attention goes on all layers; ``TINY_STEPS`` steps at ``TINY_SIZE`` px: its full-resolution
     attention is slow on a CPU, and noise needs no more).
@@ -139,24 +150,22 @@ def demo_prompt(workflow: dict, object_info: dict, checkpoint: str, controlnet: 
     for needed in ("CheckpointLoaderSimple", "SesaHandRenderConditions", "SesaHandApplyHandControl",
                    "SesaHandLoadControlNet", "SaveImage", "SesaHandSaveDatasetSample"):
         if needed not in by_type:
-            raise DemoError(f"{WORKFLOW.name} has no {needed} node; rebuild it with tools/build_workflows.py")
+            raise DemoError(f"the workflow has no {needed} node; rebuild it with tools/build_workflows.py")
     prompt[by_type["CheckpointLoaderSimple"][0]]["inputs"]["ckpt_name"] = checkpoint
     if tiny:
         for node_id in by_type.get("SesaHandHandAttentionSampler", []):
             prompt[node_id]["inputs"].update(layers="all", steps=TINY_STEPS)
-        for node_id in by_type["SesaHandRenderConditions"]:
+        for node_id in by_type["SesaHandRenderConditions"] + by_type.get("SesaHandHandPoseFromImage", []):
             prompt[node_id]["inputs"].update(width=TINY_SIZE, height=TINY_SIZE)
     for node_id in by_type["SaveImage"]:
-        prompt[node_id]["inputs"]["filename_prefix"] = f"{FILES}/image"
-    render_id = by_type["SesaHandRenderConditions"][0]
-    outputs = [o.lower() for o in object_info["SesaHandRenderConditions"]["output_name"]]
+        prompt[node_id]["inputs"]["filename_prefix"] = f"{files}/image"
     for node_id in by_type.get("PreviewImage", []):
         source = prompt[node_id]["inputs"]["images"]
-        name = outputs[source[1]] if source[0] == render_id else f"preview_{node_id}"
+        name = object_info[prompt[source[0]]["class_type"]]["output_name"][source[1]].lower()
         prompt[node_id] = {"class_type": "SaveImage",
-                           "inputs": {"images": source, "filename_prefix": f"{FILES}/maps/{name}"}}
+                           "inputs": {"images": source, "filename_prefix": f"{files}/maps/{name}"}}
     for node_id in by_type["SesaHandSaveDatasetSample"]:
-        prompt[node_id]["inputs"].update(dataset=DATASET, ckpt_name=checkpoint)
+        prompt[node_id]["inputs"].update(dataset=dataset, ckpt_name=checkpoint)
         if controlnet is not None:
             prompt[node_id]["inputs"]["controlnet_name"] = controlnet
     apply_id = by_type["SesaHandApplyHandControl"][0]
@@ -180,7 +189,13 @@ def run_demo(comfyui: Path, out: Path) -> None:
                         + PROVIDE_COMFYUI.format(release=COMFYUI_RELEASE, git=COMFYUI_GIT))
     checkpoint = model_file("SESAHAND_CHECKPOINT")
     controlnet = model_file("SESAHAND_CONTROLNET")
+    from sesahand.eval.detector import find_task_path
     from sesahand.hands.anny_model import default_cache_dir
+
+    try:
+        find_task_path()  # the photo path's hand landmarker ($SESAHAND_HAND_LANDMARKER)
+    except FileNotFoundError as exc:
+        raise DemoError(f"the photo workflow needs MediaPipe's hand landmarker: {exc}") from None
 
     with tempfile.TemporaryDirectory(prefix="sesahand-demo-") as work:
         work = Path(work)
@@ -197,34 +212,49 @@ def run_demo(comfyui: Path, out: Path) -> None:
             folders["controlnet"] = controlnet.parent
         command = comfy_command(work / "comfyui", folders)
         print(f"Starting ComfyUI from {comfyui} (log: {work / 'comfyui' / 'server.log'}) ...", flush=True)
+        shutil.copyfile(DEMO_PHOTO, work / "comfyui" / "input" / PHOTO_FILE)
         with running_server(comfyui, command, work / "comfyui") as (base, _):
             client = ComfyClient(base)
             try:
-                prompt = demo_prompt(json.loads(WORKFLOW.read_text()), client.object_info(), checkpoint.name,
-                                     controlnet.name if controlnet is not None else None, tiny)
-                prompt_id = uuid.uuid4().hex
-                client.submit(prompt, prompt_id)
-                with tqdm(desc="sesahand_generate", unit="step") as bar:
-                    def progress(node, value, maximum):
-                        if value is not None and maximum:
-                            bar.total = maximum
-                            bar.n = value
-                            bar.set_postfix_str(f"node {node}", refresh=True)
-                    entry = client.wait(prompt_id, progress)
+                object_info = client.object_info()
+                runs = ((WORKFLOW, FILES, DATASET, out), (PHOTO_WORKFLOW, PHOTO_FILES, PHOTO_DATASET, out / "photo"))
+                for workflow, files, dataset, target in runs:
+                    prompt = demo_prompt(json.loads(workflow.read_text()), object_info, checkpoint.name,
+                                         controlnet.name if controlnet is not None else None, tiny,
+                                         files=files, dataset=dataset)
+                    _run(client, prompt, workflow.stem)
+                    _collect(work / "comfyui" / "output", files, dataset, target)
             finally:
                 client.close()
-            status, error = history_outcome(entry)
-            if status != "success":
-                raise DemoError(f"the workflow failed in ComfyUI: {error}\n(server log: see above)")
-            output = work / "comfyui" / "output"
-            out.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(min((output / FILES).glob("image_*.png")), out / "image.png")
-            (out / "maps").mkdir(exist_ok=True)
-            for source in sorted((output / FILES / "maps").glob("*.png")):  # SaveImage: NAME_00001_.png
-                shutil.copyfile(source, out / "maps" / (source.name.rsplit("_", 2)[0] + ".png"))
-            shutil.copytree(output / DATASET, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".lock"))
     print(f"Done: {out}/image.png, {out}/maps/ (condition maps), {out}/labels.jsonl + images/ + conditions/ "
-          "(the dataset sample)", flush=True)
+          f"(the dataset sample); the photo path in {out}/photo/ (overlay.png: the fit)", flush=True)
+
+
+def _run(client: ComfyClient, prompt: dict, name: str) -> None:
+    """Queue ``prompt`` and wait for it, with a progress bar. Raises DemoError if it fails."""
+    prompt_id = uuid.uuid4().hex
+    client.submit(prompt, prompt_id)
+    with tqdm(desc=name, unit="step") as bar:
+        def progress(node, value, maximum):
+            if value is not None and maximum:
+                bar.total = maximum
+                bar.n = value
+                bar.set_postfix_str(f"node {node}", refresh=True)
+        entry = client.wait(prompt_id, progress)
+    status, error = history_outcome(entry)
+    if status != "success":
+        raise DemoError(f"{name} failed in ComfyUI: {error}\n(server log: see above)")
+
+
+def _collect(output: Path, files: str, dataset: str, out: Path) -> None:
+    """Copy a run's picture, maps (``overlay.png`` to the top) and dataset sample into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(min((output / files).glob("image_*.png")), out / "image.png")
+    (out / "maps").mkdir(exist_ok=True)
+    for source in sorted((output / files / "maps").glob("*.png")):  # SaveImage: NAME_00001_.png
+        name = source.name.rsplit("_", 2)[0] + ".png"
+        shutil.copyfile(source, out / ("overlay.png" if name == "overlay.png" else f"maps/{name}"))
+    shutil.copytree(output / dataset, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".lock"))
 
 
 def main(argv: list[str] | None = None) -> int:

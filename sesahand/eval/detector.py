@@ -49,7 +49,8 @@ TASK_MEMBERS = {
 _SETUP_HINT = ("build one with: pip download --no-deps mediapipe==0.10.21 -d wheels/ && "
                "python -m sesahand qa-model --source wheels/mediapipe-0.10.21-<tag>.whl "
                "--out hand_landmarker.task; then pass its path or set "
-               f"{TASK_ENV}=/path/to/hand_landmarker.task")
+               f"{TASK_ENV}=/path/to/hand_landmarker.task (in a clone of the pack, `make test-models` "
+               "builds .venv/models/hand_landmarker.task; in ComfyUI put it in models/sesahand)")
 
 
 def build_hand_landmarker_task(source: str | Path, out: str | Path) -> Path:
@@ -126,11 +127,16 @@ class DetectedHand:
         side_score: MediaPipe's handedness probability in 0.5..1 (the only per-hand score the
             Tasks API returns; the hand already passed the detector's detection and presence
             thresholds).
+        world_joints: (21, 3) float32 metres or None: MediaPipe's world landmarks, the hand's
+            metric 3D shape with the origin at its approximate geometric centre and axes
+            along the image's (x right, y down, z away from the camera); its scale is
+            MediaPipe's estimate, not a measurement.
     """
 
     joints2d: np.ndarray
     side: str
     side_score: float
+    world_joints: np.ndarray | None = None
 
 
 class HandKeypointDetector:
@@ -194,11 +200,14 @@ class HandKeypointDetector:
         mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
         result = self._landmarker.detect(mp_image)
         hands = []
-        for handedness, landmarks in zip(result.handedness, result.hand_landmarks):
+        world = result.hand_world_landmarks or [None] * len(result.hand_landmarks)
+        for handedness, landmarks, world_landmarks in zip(result.handedness, result.hand_landmarks, world):
             best = max(handedness, key=lambda c: c.score)
             joints = np.array([[lm.x * width, lm.y * height] for lm in landmarks], dtype=np.float32)
+            world_joints = None if world_landmarks is None else \
+                np.array([[lm.x, lm.y, lm.z] for lm in world_landmarks], dtype=np.float32)
             hands.append(DetectedHand(joints2d=joints, side=best.category_name.lower(),
-                                      side_score=float(best.score)))
+                                      side_score=float(best.score), world_joints=world_joints))
         return hands
 
     def close(self) -> None:

@@ -48,13 +48,6 @@ LIMITS = {
 }
 
 
-def _rot(axis: torch.Tensor, deg: float) -> torch.Tensor:
-    import roma
-
-    axis = axis / axis.norm()
-    return roma.rotvec_to_rotmat(axis * math.radians(deg))
-
-
 @dataclass(frozen=True)
 class FingerAngles:
     """One long finger in degrees: MCP/PIP/DIP flexion and MCP spread (+ towards the thumb)."""
@@ -114,29 +107,82 @@ class HandAngles:
             kwargs[finger] = klass(**value)
         return cls(**kwargs)
 
-    def to_hand_pose(self) -> torch.Tensor:
-        """MANO ``hand_pose`` (45,) float32 axis-angle in radians, relative to the flat hand."""
-        import roma
-
-        z = torch.tensor([0.0, 0.0, 1.0])
-        y = torch.tensor([0.0, 1.0, 0.0])
-        mats = torch.eye(3).repeat(15, 1, 1)
+    def to_vector(self) -> torch.Tensor:
+        """The 20 angles (degrees) in :data:`ANGLE_NAMES` order, float32."""
+        values = []
         for name in FINGERS:
             f: FingerAngles = getattr(self, name)
-            s = MANO_FINGER_SLOTS[name]
-            mats[s] = _rot(y, f.spread) @ _rot(z, f.mcp)
-            mats[s + 1] = _rot(z, f.pip)
-            mats[s + 2] = _rot(z, f.dip)
+            values += [f.mcp, f.pip, f.dip, f.spread]
         t = self.thumb
-        s = MANO_FINGER_SLOTS["thumb"]
-        n = PALM_NORMAL
-        d = THUMB_DIRECTIONS
-        mats[s] = _rot(n, t.cross) @ _rot(torch.linalg.cross(d[0], n), t.abduct)
-        c, si = math.cos(math.radians(THUMB_PRONATION_DEG)), math.sin(math.radians(THUMB_PRONATION_DEG))
-        for k, angle in ((1, t.mcp), (2, t.ip)):
-            out_of_plane = torch.linalg.cross(d[k], n)
-            mats[s + k] = _rot(c * n + si * out_of_plane / out_of_plane.norm(), angle)
-        return roma.rotmat_to_rotvec(mats).reshape(45).float()
+        values += [t.abduct, t.cross, t.mcp, t.ip]
+        return torch.tensor(values, dtype=torch.float32)
+
+    def to_hand_pose(self) -> torch.Tensor:
+        """MANO ``hand_pose`` (45,) float32 axis-angle in radians, relative to the flat hand."""
+        return angles_to_hand_pose(self.to_vector()).float()
+
+
+#: The anatomical angles of one hand as a vector: per long finger (index, middle, ring,
+#: little) MCP, PIP, DIP flexion and MCP spread, then the thumb's CMC abduction, CMC cross,
+#: MCP and IP flexion. 20 angles, degrees.
+ANGLE_NAMES = tuple(f"{finger}_{joint}" for finger in FINGERS for joint in ("mcp", "pip", "dip", "spread")) \
+    + ("thumb_abduct", "thumb_cross", "thumb_mcp", "thumb_ip")
+
+
+def angle_limits() -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper anatomical limits (20,) float32 in degrees, in :data:`ANGLE_NAMES` order
+    (from :data:`LIMITS`)."""
+    keys = [name.split("_", 1)[1] if not name.startswith("thumb") else name for name in ANGLE_NAMES]
+    lo = torch.tensor([LIMITS[k][0] for k in keys], dtype=torch.float32)
+    hi = torch.tensor([LIMITS[k][1] for k in keys], dtype=torch.float32)
+    return lo, hi
+
+
+def _angle_axes() -> torch.Tensor:
+    """The fixed unit rotation axis (20, 3) of each angle of :data:`ANGLE_NAMES`."""
+    z = torch.tensor([0.0, 0.0, 1.0])
+    y = torch.tensor([0.0, 1.0, 0.0])
+    n, d = PALM_NORMAL, THUMB_DIRECTIONS
+    c, si = math.cos(math.radians(THUMB_PRONATION_DEG)), math.sin(math.radians(THUMB_PRONATION_DEG))
+    axes = [z, z, z, y] * len(FINGERS)  # mcp, pip, dip flexion about z; spread about y
+    abduct = torch.linalg.cross(d[0], n)
+    axes += [abduct, n]
+    for k in (1, 2):
+        out_of_plane = torch.linalg.cross(d[k], n)
+        axes.append(c * n + si * out_of_plane / out_of_plane.norm())
+    axes = torch.stack(axes)
+    return axes / axes.norm(dim=1, keepdim=True)
+
+
+_AXES = _angle_axes()
+
+
+def angles_to_hand_pose(angles: torch.Tensor) -> torch.Tensor:
+    """Anatomical angles -> MANO ``hand_pose``, batched and differentiable (for fitting).
+
+    Args:
+        angles: (..., 20) degrees in :data:`ANGLE_NAMES` order (right-hand convention; limits
+            are not applied here).
+
+    Returns: (..., 45) axis-angle in radians, MANO joint order, relative to the flat hand,
+    same dtype as ``angles``. Long fingers: MCP = R_y(spread) R_z(mcp), PIP = R_z(pip),
+    DIP = R_z(dip); thumb CMC = R_n(cross) R_(d1 x n)(abduct), MCP and IP about the pronated
+    axes of the module docstring.
+    """
+    import roma
+
+    R = roma.rotvec_to_rotmat(torch.deg2rad(angles)[..., None] * _AXES.to(angles))  # (..., 20, 3, 3)
+    mats = [None] * 15
+    for k, name in enumerate(FINGERS):
+        s = MANO_FINGER_SLOTS[name]
+        mats[s] = R[..., 4 * k + 3, :, :] @ R[..., 4 * k, :, :]
+        mats[s + 1] = R[..., 4 * k + 1, :, :]
+        mats[s + 2] = R[..., 4 * k + 2, :, :]
+    s = MANO_FINGER_SLOTS["thumb"]
+    mats[s] = R[..., 17, :, :] @ R[..., 16, :, :]
+    mats[s + 1] = R[..., 18, :, :]
+    mats[s + 2] = R[..., 19, :, :]
+    return roma.rotmat_to_rotvec(torch.stack(mats, dim=-3)).flatten(-2)
 
 
 def sample_angles(generator: torch.Generator) -> HandAngles:

@@ -47,7 +47,7 @@ from typing import Sequence
 import torch
 
 from ..io import atomic_path
-from .base import MIRROR, HandModel, mirror_params
+from .base import MIRROR, HandModel, mirror_params, mirror_rotvec
 from .types import HandMesh, HandParams
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,11 @@ class AnnyHandModel(HandModel):
         refs = self._model.reference_bone_orientations
         self._U0 = (refs[0] if refs is not None else rest["rest_bone_poses"][0, 0, :3, :3]).to(self._dtype)
         self._flatten = self._flattening(heads, vertices, axes[:, 1])
+        # For keypoints(): the rest skeleton and the fingertip vertices' skinning data.
+        self._rest_bone_poses = rest["rest_bone_poses"].detach()
+        self._tip_rest = rest["rest_vertices"][0, self._tips].detach()
+        self._tip_weights = self._model.vertex_bone_weights[self._tips].to(self._dtype)
+        self._tip_bones = self._model.vertex_bone_indices[self._tips].to(torch.int64)
         self._faces = self._model.faces.to(torch.int64).cpu()
         self._faces_left = self._faces[:, [0, 2, 1]].contiguous()
 
@@ -271,16 +276,39 @@ class AnnyHandModel(HandModel):
                                    side=p.side, model=self.name, params=p, notes=notes))
         return meshes
 
-    def _pose_right(self, params: list[HandParams]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-hand vertices (N, V, 3) and OpenPose joints (N, 21, 3), float32, camera frame."""
+    def keypoints(self, side: str, global_orient: torch.Tensor, hand_pose: torch.Tensor,
+                  betas: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
+        """Differentiable joints (N, 21, 3) float32, camera frame (see :meth:`HandModel.keypoints`).
+
+        Only the skeleton (forward kinematics) and the five fingertip vertices are posed,
+        with the same kinematics and linear blend skinning as :meth:`forward`; ``betas`` are
+        ignored (the open hand has no MANO shape space).
+        """
+        dt, dev = self._dtype, self.device
+        go, hp, tr = (x.to(dev, dt) for x in (global_orient, hand_pose, transl))
+        if side == "left":  # a left hand is the mirror image of the mirrored right hand
+            go, hp = mirror_rotvec(go), mirror_rotvec(hp)
+            tr = tr * torch.tensor([-1.0, 1.0, 1.0], dtype=dt, device=dev)
+        deltas = self._deltas(hp)
+        transforms, bone_poses = self._model.get_bone_transforms(deltas, self._rest_bone_poses)
+        heads = bone_poses[:, :, :3, 3]
+        T = transforms[:, self._tip_bones]  # (N, 5, k, 4, 4)
+        posed = (T[..., :3, :3] @ self._tip_rest[None, :, None, :, None])[..., 0] + T[..., :3, 3]
+        tips = (posed * self._tip_weights[None, :, :, None]).sum(2)  # (N, 5, 3)
+        keypoints, tip = [], iter(range(5))
+        for bone in OPENPOSE_FROM_ANNY:
+            keypoints.append(heads[:, self._bone_index[bone]] if bone else tips[:, next(tip)])
+        joints = self._to_camera(torch.stack(keypoints, dim=1), go, tr).float()
+        return joints @ MIRROR.T if side == "left" else joints
+
+    def _deltas(self, hand_pose: torch.Tensor) -> torch.Tensor:
+        """Anny local-ref pose deltas (N, bones, 4, 4) for right-hand ``hand_pose`` (N, 45)."""
         import roma
 
-        n = len(params)
+        n = hand_pose.shape[0]
         dt, dev = self._dtype, self.device
         R = self.R_align.to(dt)
-        hand_pose = torch.stack([p.hand_pose for p in params]).to(dev, dt).reshape(n, 15, 3)
-        rot = roma.rotvec_to_rotmat(hand_pose)  # (N, 15, 3, 3) in MANO's rest frame
-        deltas = torch.eye(4, dtype=dt, device=dev).repeat(n, len(self._bone_index), 1, 1)
+        rot = roma.rotvec_to_rotmat(hand_pose.reshape(n, 15, 3))  # (N, 15, 3, 3) in MANO's rest frame
         # Per bone c with parent p in the same finger chain: D_c = F_p^T (R R_c R^T) F_c, so the
         # bone's world rotation is (R_1 ... R_c) F_c: MANO's chain applied to the flattened hand.
         F = self._flatten.to(dev, dt)
@@ -288,23 +316,34 @@ class AnnyHandModel(HandModel):
         F_parent[:, 0] = torch.eye(3, dtype=dt, device=dev)
         F_parent = F_parent.reshape(15, 3, 3)
         Q = F_parent.transpose(1, 2) @ (R @ rot @ R.T) @ F
-        deltas[:, self._pose_bones, :3, :3] = self._U0 @ Q @ self._U0.T
+        eye = torch.eye(4, dtype=dt, device=dev).repeat(n, len(self._bone_index), 1, 1)
+        rotations = eye[:, :, :3, :3].clone()
+        rotations[:, self._pose_bones] = self._U0 @ Q @ self._U0.T
+        return torch.cat([torch.cat([rotations, eye[:, :, :3, 3:]], dim=3), eye[:, :, 3:]], dim=2)
+
+    def _to_camera(self, x: torch.Tensor, global_orient: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
+        """Anny rest-frame points (N, P, 3) -> camera frame: into MANO's rest frame with the wrist
+        at MANO's, then MANO's global rotation about it and ``transl``."""
+        import roma
+
+        dt = x.dtype
+        go = roma.rotvec_to_rotmat(global_orient.to(dt))
+        wrist = MANO_MEAN_WRIST.to(x.device, dt)
+        mano = (x - self._wrist) @ self.R_align.to(dt)
+        return (mano @ go.transpose(1, 2)) + (wrist + transl.to(dt))[:, None]
+
+    def _pose_right(self, params: list[HandParams]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-hand vertices (N, V, 3) and OpenPose joints (N, 21, 3), float32, camera frame."""
+        dt, dev = self._dtype, self.device
+        hand_pose = torch.stack([p.hand_pose for p in params]).to(dev, dt)
         with torch.no_grad():
-            out = self._model(pose_parameters=deltas)
+            out = self._model(pose_parameters=self._deltas(hand_pose))
         heads = out["bone_poses"][:, :, :3, 3]
         keypoints = []
         tip = iter(self._tips.tolist())
         for bone in OPENPOSE_FROM_ANNY:
             keypoints.append(heads[:, self._bone_index[bone]] if bone else out["vertices"][:, next(tip)])
         joints = torch.stack(keypoints, dim=1)
-
-        go = roma.rotvec_to_rotmat(torch.stack([p.global_orient for p in params]).to(dev, dt))
+        go = torch.stack([p.global_orient for p in params]).to(dev, dt)
         transl = torch.stack([p.transl for p in params]).to(dev, dt)
-        wrist = MANO_MEAN_WRIST.to(dev, dt)
-
-        def to_camera(x: torch.Tensor) -> torch.Tensor:
-            # Anny rest frame -> MANO rest frame (wrist at MANO's), then MANO's global transform.
-            mano = (x - self._wrist) @ R
-            return (mano @ go.transpose(1, 2)) + (wrist + transl)[:, None]
-
-        return to_camera(out["vertices"]).float(), to_camera(joints).float()
+        return self._to_camera(out["vertices"], go, transl).float(), self._to_camera(joints, go, transl).float()

@@ -59,5 +59,19 @@ class HandModel(ABC):
     def forward(self, params: Sequence[HandParams]) -> list[HandMesh]:
         """Pose a batch of hands (any mix of sides); one :class:`HandMesh` per input, in order."""
 
+    @abstractmethod
+    def keypoints(self, side: str, global_orient: torch.Tensor, hand_pose: torch.Tensor,
+                  betas: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
+        """The 21 OpenPose joints of a batch of hands of one side, differentiable (for fitting).
+
+        Args:
+            side: ``"right"`` or ``"left"``.
+            global_orient: (N, 3) axis-angle, radians. hand_pose: (N, 45) axis-angle, radians,
+                MANO order, relative to the flat hand. betas: (N, 10). transl: (N, 3) metres.
+
+        Returns: (N, 21, 3) float32 joints in the camera frame (metres), equal to the
+        ``joints`` of :meth:`forward` for the same parameters; gradients flow to the inputs.
+        """
+
     def __call__(self, params: Sequence[HandParams]) -> list[HandMesh]:
         return self.forward(params)

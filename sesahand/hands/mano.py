@@ -267,6 +267,29 @@ class ManoHandModel(HandModel):
                                      params=params[i])
         return meshes
 
+    def keypoints(self, side: str, global_orient: torch.Tensor, hand_pose: torch.Tensor,
+                  betas: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
+        """Differentiable joints (N, 21, 3) float32, camera frame (see :meth:`HandModel.keypoints`):
+        the smplx layer of ``side`` with gradients, joints as in :meth:`forward`.
+
+        Raises: ValueError / FileNotFoundError for an unknown or unloaded side.
+        """
+        self._check_side(side)
+        out = self._layers[side](**{k: v.to(self.device, torch.float32) for k, v in (
+            ("betas", betas), ("global_orient", global_orient), ("hand_pose", hand_pose),
+            ("transl", transl))})
+        tips = out.vertices[:, list(MANO_FINGERTIP_VERTICES)]
+        return torch.cat([out.joints[:, :16], tips], dim=1)[:, list(OPENPOSE_FROM_MANO)]
+
+    def pca_prior(self, side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MANO's PCA pose prior of ``side``: ``hands_components`` (45, 45), ``hands_mean``
+        (45,) and the spread (45,) of each coefficient over MANO's training poses (float32).
+
+        Raises: ValueError / FileNotFoundError for an unknown or unloaded side.
+        """
+        self._check_side(side)
+        return self._components[side], self._mean[side], self._prior[side][0]
+
     def hands_mean(self, side: str) -> torch.Tensor:
         """MANO's mean hand pose (45,) float32 CPU, radians, relative to the flat hand.
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..control.fusion import FUSION_MODES
 from ..control.metadata import RENDER_STYLES
 
-SOURCE_KINDS = ("sesahand", "freihand", "records")
+SOURCE_KINDS = ("sesahand", "freihand", "records", "photos")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 ATTENTION_LAYERS = ("decoder", "all")
@@ -66,7 +66,8 @@ class SourceConfig:
             ``"freihand"`` (``training/rgb/%08d.jpg`` + ``training_K.json`` +
             ``training_mano.json``; needs the MANO files, see ``DataConfig.mano_path``) or
             ``"records"`` (a folder of ``NAME.png|.jpg`` + ``NAME.json`` labels + optional
-            ``NAME.txt`` caption).
+            ``NAME.txt`` caption) or ``"photos"`` (a folder of real photos fitted once
+            with MediaPipe + the hand model fit; captions from ``NAME.txt`` or ``captions``).
         path: the folder.
         captions: ``captions.jsonl`` of ``python -m sesahand caption`` (one JSON object per
             image with ``image`` and ``prompt``), or a ``.txt`` file with one caption per

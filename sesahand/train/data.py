@@ -14,6 +14,9 @@ Sources (``data.sources`` of the config, :class:`~sesahand.train.config.SourceCo
   writes (``camera: {K, width, height}``, ``hands: [{side, global_orient, hand_pose, betas,
   transl}, ...]``) or a ``labels.jsonl`` record (``K``, ``width``, ``height``, ``hands``), and
   optionally a ``prompt``.
+* ``photos``: a folder of real photos; each is fitted once (MediaPipe + hand model fit,
+  :mod:`sesahand.train.photos`), hands failing the fit rules are dropped; caption from
+  ``NAME.txt`` beside the photo or ``captions``.
 
 Captions: ``captions`` of a source is a ``captions.jsonl`` (``python -m sesahand caption``: one
 object per image with ``image`` and ``prompt``, optional ``hand_terms``; ``image`` is matched
@@ -334,10 +337,13 @@ def folder_records(source: SourceConfig) -> list[Record]:
     return out
 
 
-def load_records(sources: Sequence[SourceConfig], model_factory: Callable[[], object]) -> list[Record]:
+def load_records(sources: Sequence[SourceConfig], model_factory: Callable[[], object],
+                 cache_dir: str | Path | None = None, fit: bool = True) -> list[Record]:
     """All records of the configured sources, in order.
 
-    ``model_factory()`` gives the hand model (needed by FreiHAND to resolve its poses).
+    ``model_factory()`` gives the hand model (needed by FreiHAND to resolve its poses, and by
+    ``photos`` to fit them). ``cache_dir``: where ``photos`` keeps its fits (needed for that
+    source); ``fit``: fit photos not fitted yet (:func:`~sesahand.train.photos.photo_records`).
 
     Raises:
         FileNotFoundError / ValueError: a missing folder or file, malformed labels or captions
@@ -349,6 +355,12 @@ def load_records(sources: Sequence[SourceConfig], model_factory: Callable[[], ob
             found = sesahand_records(source)
         elif source.kind == "freihand":
             found = freihand_records(source, model_factory())
+        elif source.kind == "photos":
+            from .photos import photo_records
+
+            if cache_dir is None:
+                raise ValueError(f"photos {source.path}: needs the cache folder to keep its fits")
+            found = photo_records(source, model_factory(), cache_dir, fit=fit)
         else:
             found = folder_records(source)
         if not found:
@@ -618,7 +630,7 @@ def build_dataset(config: DataConfig, style: str, tokenizer, seed: int, cache_di
     Raises: FileNotFoundError / ValueError for bad sources, records or images (naming them).
     """
     factory = hand_model_factory(config)
-    records = load_records(config.sources, factory)
+    records = load_records(config.sources, factory, cache_dir=cache_dir, fit=render)
     cache = ConditionCache(cache_dir, config.hand_model, style, factory)
     if render:
         count = cache.prepare(records, flips=config.augment.hflip > 0, progress=progress)

@@ -153,7 +153,7 @@ class FakeResult:
 
 
 class FakeDetector:
-    def __init__(self, task_path):
+    def __init__(self, task_path, **options):
         self.task_path = task_path
 
 

@@ -6,13 +6,14 @@ and the pack serves the workflows as templates."""
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
-from sesahand.comfy_graph import node_inputs
+from sesahand.comfy_graph import node_inputs, widget_slots
 from sesahand.queue import ui_to_api
 from tools import build_workflows as builder
 from tools.comfy_server import comfy_command, running_server
@@ -20,7 +21,7 @@ from tools.comfy_server import comfy_command, running_server
 pytestmark = pytest.mark.comfyui
 
 REPO = Path(__file__).resolve().parents[2]
-NAMES = ("sesahand_generate", "sesahand_random_batch", "sesahand_with_handrefiner_depth")
+NAMES = ("sesahand_generate", "sesahand_random_batch", "sesahand_with_handrefiner_depth", "sesahand_from_photo")
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,10 @@ def served(comfyui, tmp_path_factory):
                     folder.mkdir(parents=True, exist_ok=True)
                     (folder / value).touch()
                     folders[builder.MODEL_INPUTS[name]] = folder
+    command = comfy_command(root, folders)
+    shutil.copy(builder.DEMO_PHOTO, root / "input" / builder.PHOTO_FILE)  # the photo workflow's Load Image
     try:
-        with running_server(comfyui.path, comfy_command(root, folders), root) as (base, _):
+        with running_server(comfyui.path, command, root) as (base, _):
             info = requests.get(base + "/object_info", timeout=60)
             assert info.status_code == 200
             yield base, info.json()
@@ -70,7 +73,6 @@ def test_every_node_input_and_widget_exists_on_the_server(served, name):
         inputs = {inp.name: inp for inp in node_inputs(info)}
         saved = {inp["name"]: inp for inp in node["inputs"]}
         assert set(saved) <= set(inputs), f"node {node['id']} ({node['type']}): unknown inputs {set(saved) - set(inputs)}"
-        widgets = 0
         for inp in inputs.values():
             if inp.name in saved:
                 entry = saved[inp.name]
@@ -79,9 +81,8 @@ def test_every_node_input_and_widget_exists_on_the_server(served, name):
                 assert not inp.widget or entry["link"] is not None, entry
             else:
                 assert inp.widget, f"node {node['id']} ({node['type']}) lacks the input {inp.name!r}"
-            if inp.widget:
-                widgets += 1 + inp.control_values
-        assert len(node.get("widgets_values", [])) == widgets, f"node {node['id']} ({node['type']})"
+        # One value per widget, its control values, and Load Image's upload button.
+        assert len(node.get("widgets_values", [])) == len(widget_slots(info)), f"node {node['id']} ({node['type']})"
         assert [(o["name"], o["type"]) for o in node["outputs"]] == list(zip(info["output_name"], info["output"]))
 
 
@@ -94,7 +95,7 @@ def test_api_copy_is_the_ui_workflow_converted(served, name):
     specs = builder.WORKFLOWS[name]
     ids = builder.node_ids(specs)
     for spec in specs:
-        if spec.type == "Note":
+        if spec.type == "Note" or spec.mode == 4:  # bypassed nodes are left out of the prompt
             continue
         inputs = api[str(ids[spec.key])]["inputs"]
         for input_name, value in spec.values.items():

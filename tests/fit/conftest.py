@@ -1,0 +1,62 @@
+"""Fixtures of the fitting tests: the real test photos, the real MediaPipe detector, one fit of
+every photo with the open hand (shared by the tests of a session).
+
+Needs ``mediapipe>=0.10.30`` and ``$SESAHAND_HAND_LANDMARKER`` (``make test-models``); the
+tests skip, saying which is missing, without them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.eval.conftest import task_file  # noqa: F401  (the shared skip-or-path fixture)
+
+PHOTOS = Path(__file__).resolve().parents[1] / "data" / "photos"
+
+#: The subject's hands in each photo, judged by eye (tests/data/photos/SOURCES.md), in no order.
+EXPECTED_SIDES = {
+    "open_palm_left.jpg": ["left"],
+    "open_palm_right.jpg": ["right"],
+    "rock_right.jpg": ["right"],
+    "thumb_down_right.jpg": ["right"],
+    "point_left.jpg": ["left"],
+    "two_hands_thumb_down.jpg": ["left", "right"],
+    "two_hands_back.jpg": ["left", "left"],
+    "raised_hand_cut.jpg": ["left"],
+    "no_hand.jpg": [],
+}
+
+
+@dataclass
+class PhotoFit:
+    name: str
+    pixels: np.ndarray
+    K: np.ndarray
+    fits: list
+
+
+@pytest.fixture(scope="session")
+def detector(task_file):  # noqa: F811
+    """One MediaPipe detector (up to 4 hands) for the session."""
+    from sesahand.eval import HandKeypointDetector
+    from sesahand.fit import MAX_HANDS
+
+    with HandKeypointDetector(task_file, num_hands=MAX_HANDS) as det:
+        yield det
+
+
+@pytest.fixture(scope="session")
+def photo_fits(anny_model, detector) -> dict[str, PhotoFit]:
+    """Every test photo fitted with the open hand and the default options."""
+    from sesahand.fit import fit_hands, load_photo, photo_intrinsics
+
+    out = {}
+    for name in EXPECTED_SIDES:
+        photo = load_photo(PHOTOS / name)
+        fits = fit_hands(photo.pixels, anny_model, detector)
+        out[name] = PhotoFit(name, photo.pixels, photo_intrinsics(photo.width, photo.height), fits)
+    return out
