@@ -35,8 +35,8 @@ TINY_UNET = {
 
 @pytest.fixture(scope="module")
 def ae(comfyui):
-    """The pack's ``nodes.attention`` module as ComfyUI loaded it."""
-    return importlib.import_module(comfyui.pack_module.__name__ + ".nodes.attention")
+    """The pack's ``nodes.attention_patch`` module as ComfyUI loaded it."""
+    return importlib.import_module(comfyui.pack_module.__name__ + ".nodes.attention_patch")
 
 
 @pytest.fixture(scope="module")
