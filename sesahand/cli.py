@@ -58,10 +58,10 @@ def cmd_render(args) -> int:
     model = load_hand_model(args.hand_model, mano_path=args.mano_path)
     camera = Camera.default(*args.size, fov_deg=args.fov)
     scenes = spec.resolve(model, camera, 1)
-    conditions, rendered = render_scenes(model, scenes, backend=args.backend)
+    conditions, rendered = render_scenes(model, scenes, backend=args.backend, arm=args.arm)
     labels = rendered.frame_dict(0)
     labels["request"] = {"pose": args.pose, "seed": args.seed, "size": list(args.size), "fov_deg": args.fov,
-                         "hand_model": args.hand_model, "backend": args.backend}
+                         "hand_model": args.hand_model, "backend": args.backend, "arm": args.arm}
     out = Path(args.out)
     written = save_conditions(conditions, 0, out)
     with atomic_path(out / "depth.npy") as tmp:
@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--hand-model", choices=("anny", "mano"), default="anny", help="default: anny (open)")
     r.add_argument("--mano-path", help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl (for --hand-model mano)")
     r.add_argument("--backend", choices=("auto", "moderngl", "nvdiffrast"), default="auto")
+    r.add_argument("--arm", choices=("none", "forearm", "arm"), default="none",
+                   help="also render Anny's forearm or whole arm attached to each hand, in every map "
+                        "(arm_mask.png, arm joints in labels.json); built once, then cached")
     r.add_argument("--out", required=True, help="output folder")
     r.set_defaults(func=cmd_render)
     q = sub.add_parser("queue", help="run a workflow N times on running ComfyUI servers",

@@ -157,13 +157,15 @@ def save_conditions(cond: Conditions, index: int, out_dir) -> dict[str, Path]:
     """Write frame ``index`` of ``cond`` as 8-bit PNGs in ``out_dir`` (created if missing).
 
     Files: ``mesh.png`` (RGB), ``depth.png`` (grey, the HandRefiner-style ``depth_image``,
-    near = bright), ``normal.png`` (RGB), ``pose.png`` (RGB), ``mask.png`` (grey, hands 255).
+    near = bright), ``normal.png`` (RGB), ``pose.png`` (RGB), ``mask.png`` (grey, hands 255),
+    and ``arm_mask.png`` (grey, arms 255) when the frame has arms.
     Every file is first written to a temporary file in ``out_dir`` and moved into place only
     once all five are written, so an error leaves no partial file and no half-replaced set;
     files get the usual permissions (0666 minus the umask).
 
     Returns:
-        ``{"mesh": path, "depth": path, "normal": path, "pose": path, "mask": path}``.
+        ``{"mesh": path, "depth": path, "normal": path, "pose": path, "mask": path}`` (and
+        ``"arm_mask"``).
 
     Raises:
         IndexError: ``index`` is not a frame of ``cond``.
@@ -179,6 +181,8 @@ def save_conditions(cond: Conditions, index: int, out_dir) -> dict[str, Path]:
         "pose": Image.fromarray(_to_uint8(cond.pose[index]), "RGB"),
         "mask": Image.fromarray(_to_uint8(cond.mask[index]), "L"),
     }
+    if cond.arm_masks is not None and cond.arm_masks[index].shape[0]:
+        images["arm_mask"] = Image.fromarray(_to_uint8(cond.arm_mask[index]), "L")
     out = Path(out_dir)
     paths = {name: out / f"{name}.png" for name in images}
     with ExitStack() as stack:  # renames happen on leaving, once every file is written
