@@ -165,7 +165,8 @@ def test_hand_pose_rejects_inverted_box_sizes(comfyui):
 
 def test_render_conditions_outputs(rendered):
     out, _ = rendered
-    mesh, depth, normal, pose, mask, hands = out.args
+    mesh, depth, normal, pose, mask, hands, arm_mask = out.args
+    assert arm_mask.shape == (2, H, W) and not arm_mask.any()  # arm "none"
     for image in (mesh, depth, normal, pose):
         assert image.shape == (2, H, W, 3) and image.dtype == torch.float32
         assert image.device.type == "cpu" and 0.0 <= image.min() and image.max() <= 1.0
