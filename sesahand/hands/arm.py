@@ -107,7 +107,7 @@ def anny_body_cache_file(cache_dir: str | Path | None = None) -> Path:
 def build_anny_body_cache(path: Path) -> None:
     """Build Anny's full body from the package assets and save its compact data to ``path``
     (atomically; the package's scratch cache goes to a removed temporary folder). Slow: minutes
-    on 2 CPU cores, once."""
+    on 2 CPU cores (measured: 632 s wall, 101 s CPU, on a loaded machine), once."""
     _import_anny()
     from anny import Anny
     from anny import paths as anny_paths
