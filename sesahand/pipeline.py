@@ -76,7 +76,8 @@ def render_scenes(model: HandModel, scenes: list[HandScene], backend: str = "aut
     meshes, parts = [], []
     for i, scene in enumerate(scenes):
         meshes.append(model(scene.hands))
-        arms = [arms_model.attach(meshes[-1], arm)] if arms_model is not None else None
+        arms = [arms_model.attach(meshes[-1], arm, scene.elbow_flexion)] \
+            if arms_model is not None else None
         parts.append(render_conditions(meshes[-1:], [scene.camera], backend=backend, arms=arms))
         if progress is not None:
             progress(i + 1, len(scenes))

@@ -18,7 +18,8 @@ The rule that places the arm (documented in README "Arms"):
    ``(0, 0.6, 0.8)`` (OpenCV frame): the upper arm goes from the elbow towards the bottom of
    the image and away from the camera, where a body holding the hand up before the camera
    has its shoulder. The body's elbow bone gets the smallest rotation that gives this angle.
-   A pose file may give the elbow flexion per hand (``"elbow_flexion"``, radians).
+   A pose file may give the elbow flexion per hand (``"elbow_flexion"``, radians, 0 to
+   0.9 pi; :attr:`HandScene.elbow_flexion`).
 3. The arm is scaled by the ratio of the hand's palm length (wrist to middle MCP) to the
    body's, and placed with its wrist on the hand's wrist joint. With the open hand the ratio
    is about 1; with MANO hands the arm is Anny's, scaled to the MANO hand's palm (MANO has no
@@ -247,10 +248,9 @@ class ArmModel:
         if p.norm() < 1e-6:
             p = torch.linalg.cross(f, torch.tensor([1.0, 0.0, 0.0], dtype=f.dtype))
         p = p / p.norm()
-        # The rest arm is not quite straight: keep its rest bend and add the rule's flexion.
-        rest_bend = torch.atan2(torch.linalg.cross(forearm_dir, upper_dir).norm(),
-                                forearm_dir @ upper_dir)
-        angle = max(flexion, float(rest_bend))
+        # Anny's rest elbow is bent (about 42 degrees); the rotation below sets the angle
+        # between forearm and upper arm to ``flexion`` whatever the rest bend.
+        angle = flexion
         u = math.cos(angle) * f + math.sin(angle) * p
         w = M.T @ u
         R = _rotation_between(w, upper_dir / upper_dir.norm())  # elbow delta, body rest axes

@@ -161,3 +161,18 @@ def test_arm_option_is_checked():
     assert check_arm("forearm") == "forearm"
     with pytest.raises(ValueError, match="arm must be one of none, forearm, arm"):
         check_arm("shoulder")
+
+
+def test_a_pose_file_gives_the_elbow_flexion(anny_model, arm_model):
+    from sesahand.pipeline import render_scenes
+
+    spec = PoseSpec.from_json(json.dumps({"version": 1, "frames": [{"hands": [
+        {"side": "right", "preset": "fist", "box": {"center": [256, 200], "size": 160},
+         "elbow_flexion": 0.5}]}]}))
+    scene = spec.resolve(anny_model, Camera.default(512, 512, 40.0), 1)[0]
+    assert scene.elbow_flexion == [0.5]
+    _, rendered = render_scenes(anny_model, [scene], backend="moderngl", arm="arm")
+    assert rendered.frame_dict(0)["hands"][0]["arm"]["elbow_flexion"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="elbow_flexion"):
+        PoseSpec.from_json(json.dumps({"version": 1, "frames": [{"hands": [
+            {"side": "right", "preset": "fist", "elbow_flexion": 3.5}]}]}))
