@@ -74,6 +74,7 @@ def _hand_inputs() -> list:
         io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
                        tooltip="Fraction of the sampling at which the bias ends (1 = last step)."),
         io.Combo.Input("hand_words", options=list(HAND_WORD_PRESETS), default="default",
+                       optional=True,  # optional: API prompts saved before it keep validating
                        tooltip="default: hand nouns, the hand's parts and grip words (thumb, "
                                "palm, fist, grip ...) plus gerunds; paper: exactly the paper's "
                                "hand, hands, finger, fingers, gesture plus gerunds."),

@@ -60,7 +60,7 @@ class SesaHandRenderConditions(io.ComfyNode):
                 io.Combo.Input("backend", options=list(BACKENDS), default="auto",
                                tooltip="Rasteriser: moderngl (OpenGL, CPU or GPU) or nvdiffrast "
                                        "(CUDA, if installed); auto prefers nvdiffrast."),
-                io.Combo.Input("arm", options=list(ARM_KINDS), default="none",
+                io.Combo.Input("arm", options=list(ARM_KINDS), default="none", optional=True,
                                tooltip="none: the hands alone; forearm / arm: the forearm or the "
                                        "whole arm (to the shoulder) of the open Anny body, "
                                        "attached at each wrist, in every map (the pose map "

@@ -444,7 +444,7 @@ def test_paper_preset_biases_only_the_papers_words(comfyui, ae, clip):
     paper = ae.hand_tokens(clip, prompt, "", preset="paper")
     assert wide.words == ("fist", "thumb", "fingers", "holding", "hand", "palm")
     assert paper.words == ("fingers", "holding", "hand")
-    info = comfyui.node("SesaHandHandAttention").GET_NODE_INFO_V1()["input"]["required"]
+    info = comfyui.node("SesaHandHandAttention").GET_NODE_INFO_V1()["input"]["optional"]
     assert info["hand_words"][1]["options"] == ["default", "paper"]
     assert "must be one of default, paper" in comfyui.node("SesaHandHandAttention").validate_inputs(
         hand_words="nltk")
