@@ -452,7 +452,7 @@ class _JointCall:
             mask = mask.reshape((-1, 1) + mask.shape[-2:]) if mask.ndim != 4 else mask
             bias = mask.to(qp.dtype) + bias
         biased = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=bias)
-        if not (skip_reshape and kwargs.get("skip_output_reshape", False)):
+        if not kwargs.get("skip_output_reshape", False):
             biased = biased.transpose(1, 2).reshape(biased.shape[0], tokens, -1)
         if not plain_spans:
             return biased
