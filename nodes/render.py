@@ -11,6 +11,7 @@ from comfy_api.latest import io
 
 from ..sesahand import limits
 from ..sesahand.hands import PoseSpec
+from ..sesahand.hands.arm import ARM_KINDS
 from ..sesahand.hands.export import export_glb
 from ..sesahand.hands.types import Camera
 from ..sesahand.pipeline import RenderedHands, render_scenes
@@ -79,6 +80,12 @@ class SesaHandRenderConditions(io.ComfyNode):
                 io.Combo.Input("backend", options=list(BACKENDS), default="auto",
                                tooltip="Rasteriser: moderngl (OpenGL, CPU or GPU) or nvdiffrast "
                                        "(CUDA, if installed); auto prefers nvdiffrast."),
+                io.Combo.Input("arm", options=list(ARM_KINDS), default="none", optional=True,
+                               tooltip="none: the hands alone; forearm / arm: the forearm or the "
+                                       "whole arm (to the shoulder) of the open Anny body, "
+                                       "attached at each wrist, in every map (the pose map "
+                                       "gains OpenPose body limbs). Built once (minutes), "
+                                       "then cached in models/sesahand."),
             ],
             outputs=[
                 io.Image.Output("mesh", display_name="mesh",
@@ -93,11 +100,13 @@ class SesaHandRenderConditions(io.ComfyNode):
                 io.Mask.Output("mask", display_name="mask", tooltip="Union of the visible hands."),
                 HandsType.Output("hands", display_name="hands",
                                  tooltip="Meshes, cameras and labels of every image."),
+                io.Mask.Output("arm_mask", display_name="arm_mask",
+                               tooltip="Union of the visible arms (empty with arm none)."),
             ],
         )
 
     @classmethod
-    def validate_inputs(cls, width=None, height=None, batch_size=None, fov=None):
+    def validate_inputs(cls, width=None, height=None, batch_size=None, fov=None, arm=None):
         error = size_error(width, height)
         if error:
             return error
@@ -115,11 +124,13 @@ class SesaHandRenderConditions(io.ComfyNode):
                 limits.check_fov(fov, "fov")
             except ValueError as exc:
                 return str(exc)
+        if arm is not None and arm not in ARM_KINDS:
+            return f"arm {str(arm)[:40]!r} is unknown; choose one of {list(ARM_KINDS)}"
         return True
 
     @classmethod
     def execute(cls, hand_model: HandModelChoice, pose: PoseSpec, width: int, height: int,
-                fov: float, batch_size: int, backend: str) -> io.NodeOutput:
+                fov: float, batch_size: int, backend: str, arm: str = "none") -> io.NodeOutput:
         camera = Camera.default(width, height, fov)
         scenes = hand_model.resolve(pose, camera, batch_size)
         # A pose file's own camera replaces width and height: check the size it asks for.
@@ -127,11 +138,12 @@ class SesaHandRenderConditions(io.ComfyNode):
         bar = comfy.utils.ProgressBar(len(scenes))
         conditions, hands = render_scenes(
             hand_model.model, scenes, backend=backend,
-            progress=lambda done, total: bar.update_absolute(done, total))
+            progress=lambda done, total: bar.update_absolute(done, total), arm=arm,
+            arm_cache_dir=folder_paths.get_folder_paths("sesahand")[0])
         return io.NodeOutput(
             _image(conditions.mesh), _image(conditions.depth_image), _image(conditions.normal),
             _image(conditions.pose), conditions.mask.detach().to("cpu", torch.float32).contiguous(),
-            hands,
+            hands, conditions.arm_mask.detach().to("cpu", torch.float32).contiguous(),
         )
 
 

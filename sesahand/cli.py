@@ -26,6 +26,8 @@ COMMAND_MODULES = (".queue.commands", ".semantics.commands", ".data.commands", "
 
 #: What ``render`` writes for one frame (in ``--out``, or in ``--out/frame_NNNNN/`` per frame).
 RENDER_FILES = ("mesh.png", "depth.png", "normal.png", "pose.png", "mask.png", "depth.npy", "labels.json")
+#: Written besides RENDER_FILES when ``--arm`` is not ``none``.
+ARM_FILES = ("arm_mask.png",)
 _FRAME_DIR = re.compile(r"^frame_\d{5}$")
 
 
@@ -80,7 +82,7 @@ def _render_target(out: Path) -> bool:
     if not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder; give a new folder path")
     names = [p.name for p in out.iterdir()]
-    foreign = [n for n in names if n not in RENDER_FILES and not _FRAME_DIR.match(n)]
+    foreign = [n for n in names if n not in RENDER_FILES + ARM_FILES and not _FRAME_DIR.match(n)]
     if foreign:
         raise ValueError(f"--out {out}: the folder holds other files ({', '.join(sorted(foreign)[:5])}); "
                          "give a new or empty folder (render replaces only its own earlier output)")
@@ -118,7 +120,7 @@ def cmd_render(args) -> int:
     camera = Camera.default(*args.size, fov_deg=args.fov)
     scenes = spec.resolve(model, camera)  # every frame of a pose file; one otherwise
     request = {"pose": args.pose, "seed": args.seed, "size": list(args.size), "fov_deg": args.fov,
-               "hand_model": args.hand_model, "backend": args.backend}
+               "hand_model": args.hand_model, "backend": args.backend, "arm": args.arm}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
@@ -127,7 +129,7 @@ def cmd_render(args) -> int:
                          "you can write to") from None
     try:
         for i, scene in enumerate(tqdm(scenes, unit="frame", desc="render", disable=len(scenes) == 1)):
-            conditions, rendered = render_scenes(model, [scene], backend=args.backend)
+            conditions, rendered = render_scenes(model, [scene], backend=args.backend, arm=args.arm)
             folder = tmp if len(scenes) == 1 else tmp / f"frame_{i:05d}"
             _write_frame(folder, conditions, rendered, dict(request, frame=i))
         os.chmod(tmp, 0o777 & ~_umask())
@@ -173,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--hand-model", choices=("anny", "mano"), default="anny", help="default: anny (open)")
     r.add_argument("--mano-path", help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl (for --hand-model mano)")
     r.add_argument("--backend", choices=("auto", "moderngl", "nvdiffrast"), default="auto")
+    r.add_argument("--arm", choices=("none", "forearm", "arm"), default="none",
+                   help="also render Anny's forearm or whole arm attached to each hand, in every map "
+                        "(arm_mask.png, arm joints in labels.json); built once, then cached")
     r.add_argument("--out", required=True,
                    help="output folder (new, empty, or an earlier render's, which is replaced); a pose "
                         "file with several frames writes frame_00000/, frame_00001/, ... in it")

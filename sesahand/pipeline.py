@@ -48,7 +48,8 @@ class RenderedHands:
 
 
 def render_scenes(model: HandModel, scenes: list[HandScene], backend: str = "auto",
-                  progress: Callable[[int, int], None] | None = None) -> tuple[Conditions, RenderedHands]:
+                  progress: Callable[[int, int], None] | None = None, arm: str = "none",
+                  arm_cache_dir=None) -> tuple[Conditions, RenderedHands]:
     """Pose every scene's hands with ``model`` and render all condition maps.
 
     Args:
@@ -56,10 +57,17 @@ def render_scenes(model: HandModel, scenes: list[HandScene], backend: str = "aut
         scenes: B scenes, all with the same image size.
         backend: renderer backend (``"auto"``, ``"moderngl"``, ``"nvdiffrast"``).
         progress: called as ``progress(done, total)`` after each rendered frame.
+        arm: ``"none"`` (the hands alone), ``"forearm"`` or ``"arm"``: Anny's forearm / arm
+            attached to every hand (``sesahand.hands.arm``; with MANO hands, scaled to the
+            MANO palm), in every map, with its own mask and labels.
+        arm_cache_dir: folder of the Anny body cache (default: :func:`default_cache_dir`).
 
     Returns: the conditions (B frames) and the :class:`RenderedHands` record.
-    Raises: ValueError if the scenes differ in image size.
+    Raises: ValueError if the scenes differ in image size, or an unknown ``arm``.
     """
+    from .hands.arm import check_arm, load_arm_model
+
+    arms_model = load_arm_model(arm_cache_dir) if check_arm(arm) != "none" else None
     sizes = {(s.camera.width, s.camera.height) for s in scenes}
     if len(sizes) > 1:
         raise ValueError(f"scenes have different image sizes {sorted(sizes)}; render them in separate batches")
@@ -68,7 +76,9 @@ def render_scenes(model: HandModel, scenes: list[HandScene], backend: str = "aut
     meshes, parts = [], []
     for i, scene in enumerate(scenes):
         meshes.append(model(scene.hands))
-        parts.append(render_conditions(meshes[-1:], [scene.camera], backend=backend))
+        arms = [arms_model.attach(meshes[-1], arm, scene.elbow_flexion)] \
+            if arms_model is not None else None
+        parts.append(render_conditions(meshes[-1:], [scene.camera], backend=backend, arms=arms))
         if progress is not None:
             progress(i + 1, len(scenes))
     conditions = Conditions.concat(parts)

@@ -62,3 +62,19 @@ def test_size_must_be_a_multiple_of_8(tmp_path):
                            str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and "not a multiple of 8" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_render_with_arms(tmp_path, anny_model):
+    out = tmp_path / "arms"
+    assert main(["render", "--pose", "open_palm", "--size", "256x256", "--arm", "arm",
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES + ("arm_mask.png",))
+    labels = json.loads((out / "labels.json").read_text())
+    assert labels["request"]["arm"] == "arm"
+    arm = labels["hands"][0]["arm"]
+    assert arm["kind"] == "arm" and len(arm["joints3d"]) == 3 and arm["visible"][0]
+    arm_mask = np.asarray(Image.open(out / "arm_mask.png"))
+    mask = np.asarray(Image.open(out / "mask.png"))
+    assert arm_mask.any() and not (arm_mask & mask).any()
+    depth = np.load(out / "depth.npy")
+    assert ((depth > 0) == ((mask > 0) | (arm_mask > 0))).all()  # the arm is in the depth too

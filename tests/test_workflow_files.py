@@ -13,7 +13,8 @@ from PIL import Image
 from sesahand.queue import POSE_NODE, VIRTUAL_NODES, is_api_prompt, vary_prompt
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = ("sesahand_generate", "sesahand_random_batch", "sesahand_with_handrefiner_depth", "sesahand_from_photo")
+NAMES = ("sesahand_generate", "sesahand_random_batch", "sesahand_with_handrefiner_depth", "sesahand_from_photo",
+         "sesahand_sdxl_union", "sesahand_sd15_depth_openpose")
 
 
 def load(folder: str, name: str) -> dict:

@@ -170,18 +170,19 @@ HANDREFINER_NOTE = (
 )
 
 
-def _rendered_hand(note: str, pose_values: dict, seed_control: str, previews: tuple[str, ...]) -> list[Spec]:
-    """The nodes every workflow starts with: the model note, Load Checkpoint, the open hand,
-    its pose, Render Conditions (512 x 512), a latent of the render's size (read from the
-    first preview's map) and previews of ``previews``."""
+def _rendered_hand(note: str, pose_values: dict, seed_control: str, previews: tuple[str, ...],
+                   checkpoint: str = CHECKPOINT, size: int = 512) -> list[Spec]:
+    """The nodes every workflow starts with: the model note, Load Checkpoint (``checkpoint``),
+    the open hand, its pose, Render Conditions (``size`` x ``size``), a latent of the render's
+    size (read from the first preview's map) and previews of ``previews``."""
     return [
         Spec("note_models", "Note", 0, title="Model files", text=note),
-        Spec("checkpoint", "CheckpointLoaderSimple", 0, values={"ckpt_name": CHECKPOINT}),
+        Spec("checkpoint", "CheckpointLoaderSimple", 0, values={"ckpt_name": checkpoint}),
         Spec("hand_model", "SesaHandHandModel", 0,
              values={"model": "anny (open)", "mano_file": "", "side": "right"}),
         Spec("pose", "SesaHandHandPose", 0, values=pose_values, controls={"seed": seed_control}),
         Spec("render", "SesaHandRenderConditions", 1,
-             values={"width": 512, "height": 512, "fov": 40.0, "batch_size": 1, "backend": "auto"},
+             values={"width": size, "height": size, "fov": 40.0, "batch_size": 1, "backend": "auto"},
              links={"hand_model": "hand_model.hand_model", "pose": "pose.pose"}),
         Spec("size", "GetImageSize", 1, links={"image": f"render.{previews[0]}"}),
         Spec("latent", "EmptyLatentImage", 1,
@@ -280,6 +281,38 @@ PHOTO_HOWTO = (
     "consumers.\n\n"
     f"{DATASET_LINE}"
 )
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+SDXL_UNION_CONTROLNET = "controlnet-union-sdxl-1.0-promax.safetensors"
+SD15_DEPTH_CONTROLNET = "control_v11f1p_sd15_depth_fp16.safetensors"
+SD15_OPENPOSE_CONTROLNET = "control_v11p_sd15_openpose_fp16.safetensors"
+SDXL_UNION_NOTE = (
+    "Model files (put them in ComfyUI/models/..., then press R to refresh the lists)\n\n"
+    f"- models/checkpoints: an SDXL base checkpoint, e.g. {SDXL_CHECKPOINT} "
+    "(https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0).\n"
+    f"- models/controlnet: an SDXL union ControlNet, e.g. xinsir's controlnet-union-sdxl-1.0 "
+    f"(https://huggingface.co/xinsir/controlnet-union-sdxl-1.0, file "
+    f"diffusion_pytorch_model_promax.safetensors saved as {SDXL_UNION_CONTROLNET}). The same "
+    "file is used twice: Set Union ControlNet Type picks depth for the rendered hand depth map "
+    "and openpose for the OpenPose hand map. No SesaHand weights are needed.\n"
+    f"- {MANO_LINE}"
+)
+SD15_STACK_NOTE = (
+    "Model files (put them in ComfyUI/models/..., then press R to refresh the lists)\n\n"
+    f"- models/checkpoints: a Stable Diffusion 1.5 checkpoint, e.g. {CHECKPOINT}.\n"
+    f"- models/controlnet: ControlNet 1.1 depth and openpose, e.g. {SD15_DEPTH_CONTROLNET} and "
+    f"{SD15_OPENPOSE_CONTROLNET} (https://huggingface.co/comfyanonymous/"
+    "ControlNet-v1-1_fp16_safetensors; originals: lllyasviel/ControlNet-v1-1). No SesaHand "
+    "weights are needed.\n"
+    f"- {MANO_LINE}"
+)
+PUBLIC_HOWTO = (
+    "How it works\n\n"
+    "SesaHand renders the hand's depth and OpenPose maps; two ControlNet applications stack "
+    "them on the prompt (core nodes). The Prompt node feeds the positive CLIP Text Encode and "
+    "the Hand-Attention Sampler, which adds alpha to the attention of the prompt's hand words "
+    "(0 turns it off).\n\n"
+    f"{DATASET_LINE}"
+)
 
 
 def _photo_workflow() -> list[Spec]:
@@ -312,12 +345,75 @@ def _photo_workflow() -> list[Spec]:
     ]
 
 
+def _public_controlnet_workflow(sdxl: bool) -> list[Spec]:
+    """SDXL + a union ControlNet (depth and openpose modes), or SD1.5 + depth and openpose
+    ControlNets stacked; hand attention in the sampler; saved with labels."""
+    if sdxl:
+        loaders = [
+            Spec("controlnet", "ControlNetLoader", 3, values={"control_net_name": SDXL_UNION_CONTROLNET}),
+            Spec("type_depth", "SetUnionControlNetType", 3, title="Union type: depth",
+                 values={"type": "depth"}, links={"control_net": "controlnet.CONTROL_NET"}),
+            Spec("type_pose", "SetUnionControlNetType", 3, title="Union type: openpose",
+                 values={"type": "openpose"}, links={"control_net": "controlnet.CONTROL_NET"}),
+        ]
+        depth_net, pose_net = "type_depth.CONTROL_NET", "type_pose.CONTROL_NET"
+    else:
+        loaders = [
+            Spec("controlnet", "ControlNetLoader", 3, title="Depth ControlNet",
+                 values={"control_net_name": SD15_DEPTH_CONTROLNET}),
+            Spec("controlnet_pose", "ControlNetLoader", 3, title="OpenPose ControlNet",
+                 values={"control_net_name": SD15_OPENPOSE_CONTROLNET}),
+        ]
+        depth_net, pose_net = "controlnet.CONTROL_NET", "controlnet_pose.CONTROL_NET"
+    prefix = "sesahand/sdxl_union" if sdxl else "sesahand/sd15_depth_openpose"
+    return [
+        *_rendered_hand(SDXL_UNION_NOTE if sdxl else SD15_STACK_NOTE,
+                        {"mode": "preset", "preset": "open_palm", "pose_json": ""}, "fixed",
+                        previews=("depth", "pose"), checkpoint=SDXL_CHECKPOINT if sdxl else CHECKPOINT,
+                        size=1024 if sdxl else 512),
+        Spec("prompt", "PrimitiveStringMultiline", 3, title="Prompt", values={"value": POSITIVE}),
+        Spec("positive", "CLIPTextEncode", 3, title="Positive prompt", values={"text": ""},
+             links={"clip": "checkpoint.CLIP", "text": "prompt.STRING"}),
+        Spec("negative", "CLIPTextEncode", 3, title="Negative prompt", values={"text": NEGATIVE},
+             links={"clip": "checkpoint.CLIP"}),
+        *loaders,
+        Spec("apply_depth", "ControlNetApplyAdvanced", 4, title="Apply depth",
+             values={"strength": 0.6, "start_percent": 0.0, "end_percent": 0.8},
+             links={"positive": "positive.CONDITIONING", "negative": "negative.CONDITIONING",
+                    "control_net": depth_net, "image": "render.depth"}),
+        Spec("apply_pose", "ControlNetApplyAdvanced", 4, title="Apply OpenPose hand",
+             values={"strength": 0.6, "start_percent": 0.0, "end_percent": 0.8},
+             links={"positive": "apply_depth.positive", "negative": "apply_depth.negative",
+                    "control_net": pose_net, "image": "render.pose"}),
+        Spec("sampler", "SesaHandHandAttentionSampler", 4,
+             values={"seed": 42, "steps": 30 if sdxl else 25, "cfg": 6.0 if sdxl else 7.0,
+                     "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0, "hand_terms": "",
+                     "alpha": 2.0, "layers": "decoder", "start_percent": 0.0, "end_percent": 1.0},
+             controls={"seed": "fixed"},
+             links={"model": "checkpoint.MODEL", "positive": "apply_pose.positive",
+                    "negative": "apply_pose.negative", "latent_image": "latent.LATENT",
+                    "clip": "checkpoint.CLIP", "prompt": "prompt.STRING"}),
+        Spec("decode", "VAEDecode", 5, links={"samples": "sampler.LATENT", "vae": "checkpoint.VAE"}),
+        Spec("save", "SaveImage", 5, size=(400, 440), values={"filename_prefix": prefix},
+             links={"images": "decode.IMAGE"}),
+        Spec("dataset", "SesaHandSaveDatasetSample", 5,
+             values={"dataset": "sesahand_sdxl_union" if sdxl else "sesahand_sd15_depth_openpose",
+                     "prompt": "", "semantics": "", "seed": -1, "sampler_settings": "",
+                     "alignment_threshold": 0.0},
+             links={"images": "decode.IMAGE", "hands": "render.hands", "prompt": "prompt.STRING",
+                    "depth": "render.depth", "mask": "render.mask"}),
+        Spec("note_howto", "Note", 5, title="How it works", text=PUBLIC_HOWTO),
+    ]
+
+
 #: Workflow name -> its description.
 WORKFLOWS: dict[str, list[Spec]] = {
     "sesahand_generate": _sesahand_workflow(random_pose=False),
     "sesahand_random_batch": _sesahand_workflow(random_pose=True),
     "sesahand_with_handrefiner_depth": _handrefiner_workflow(),
     "sesahand_from_photo": _photo_workflow(),
+    "sesahand_sdxl_union": _public_controlnet_workflow(sdxl=True),
+    "sesahand_sd15_depth_openpose": _public_controlnet_workflow(sdxl=False),
 }
 
 
@@ -345,8 +441,8 @@ def _check_value(where: str, slot: NodeInput, value) -> None:
     options = input_options(slot.spec)
     if slot.type == "COMBO":
         if slot.name not in MODEL_INPUTS and slot.name not in INPUT_FILES \
-                and value not in _combo_choices(slot.spec):
-            raise ValueError(f"{where}: {value!r} is not one of {_combo_choices(slot.spec)}")
+                and value not in combo_choices(slot.spec):
+            raise ValueError(f"{where}: {value!r} is not one of {combo_choices(slot.spec)}")
         return
     expected = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}.get(slot.type)
     if expected is None:

@@ -97,3 +97,45 @@ def hand_query_weights(mask: torch.Tensor, height: int, width: int) -> torch.Ten
         raise ValueError(f"mask must be (H, W) or (M, H, W), got {tuple(mask.shape)}")
     cells = F.interpolate(mask[:, None].float(), size=(height, width), mode="area")
     return cells.flatten(1).clamp(0.0, 1.0)
+
+
+def joint_key_bias(key_bias: torch.Tensor, num_tokens: int, *, text_start: int, image_start: int,
+                   image_tokens: int, query_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. AE-1's bias for joint text-image attention (Flux, SD3): one sequence of
+    ``num_tokens`` tokens attends to itself, the text tokens at ``[text_start, text_start + Nt)``
+    and the image tokens at ``[image_start, image_start + image_tokens)``; the bias is added to
+    the logits of image queries on the hand-token text keys only (text queries, other image
+    tokens such as reference latents, and every other key get 0).
+
+    Args:
+        key_bias: ``(Nt,)`` the text's bias row (``HandTokens.key_bias``).
+        num_tokens: ``N``, the joint sequence length.
+        text_start, image_start, image_tokens: the layout (see above).
+        query_weight: optional ``(M, image_tokens)`` factors in [0, 1] per image query
+            (:func:`hand_query_weights` on the patch grid); ``None``: the full bias everywhere.
+
+    Returns:
+        ``(1 or M, 1, N, N)`` additive attention mask in ``key_bias``'s dtype and device,
+        broadcastable over heads (the layout of SDPA's ``attn_mask``).
+
+    Raises:
+        ValueError: a layout that does not fit in ``num_tokens`` or overlaps.
+    """
+    text = key_bias.shape[-1]
+    if not (0 <= text_start and text_start + text <= image_start
+            and image_start + image_tokens <= num_tokens):
+        raise ValueError(f"text [{text_start}, {text_start + text}) and image [{image_start}, "
+                         f"{image_start + image_tokens}) do not fit a sequence of {num_tokens}")
+    rows = 1 if query_weight is None else query_weight.shape[0]
+    mask = key_bias.new_zeros((rows, 1, num_tokens, num_tokens))
+    image = slice(image_start, image_start + image_tokens)
+    keys = slice(text_start, text_start + text)
+    if query_weight is None:
+        mask[:, 0, image, keys] = key_bias
+    else:
+        if query_weight.shape[-1] != image_tokens:
+            raise ValueError(f"query_weight {tuple(query_weight.shape)} does not fit "
+                             f"{image_tokens} image tokens")
+        weight = query_weight.to(device=key_bias.device, dtype=key_bias.dtype)
+        mask[:, 0, image, keys] = weight[:, :, None] * key_bias
+    return mask

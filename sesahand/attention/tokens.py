@@ -14,6 +14,15 @@ piece of every word with ``</w>``, so consecutive pieces up to that marker are o
 wherever the prompt weights ``(hand:1.2)`` cut the text and even where a long word is cut
 across two chunks. Positions count the start token and every earlier chunk, and a word split
 into several BPE pieces has all of them selected.
+
+T5's SentencePiece tokens (Flux, SD3/SD3.5; ``style="sentencepiece"``) come the same way from
+ComfyUI, as one chunk without a start token: the end token, then padding to the tokenizer's
+minimum length (256 for Flux, 77 for SD3). There a piece that begins with ``▁`` starts a new
+word, and a piece of punctuation only is a word of its own.
+
+Models with several text encoders lay their tokens out one after the other in the key sequence
+(SD3: the CLIP-L/CLIP-G chunks, then the T5 tokens): :func:`join_hand_tokens` concatenates the
+selections in that order.
 """
 
 from __future__ import annotations
@@ -24,10 +33,15 @@ from numbers import Integral
 
 import torch
 
-from .words import is_hand_word, is_word, split_words
+from .words import hand_word_set, is_hand_word, is_word, split_words
 
 #: CLIP's end-of-word marker on the last BPE piece of every word.
 END_OF_WORD = "</w>"
+#: SentencePiece's word-start marker on the first piece of every word (T5).
+WORD_START = "\u2581"
+#: How a tokenizer marks words: ``clip`` (BPE, end-of-word marker), ``sentencepiece`` (T5,
+#: word-start marker).
+STYLES = ("clip", "sentencepiece")
 
 
 @dataclass(frozen=True)
@@ -91,22 +105,26 @@ class HandTokens:
         return row.repeat(n // self.num_keys)
 
 
-def prompt_words(chunks: Sequence[Sequence[tuple]], vocab: Mapping[int, str]) -> list[PromptWord]:
+def prompt_words(chunks: Sequence[Sequence[tuple]], vocab: Mapping[int, str], *,
+                 style: str = "clip") -> list[PromptWord]:
     """The words of a chunked tokenisation with their flat key positions.
 
     Args:
         chunks: ``[[(token, weight, word_id), ...], ...]`` (see the module docstring).
-        vocab: BPE token id -> piece (``"hand</w>"``), e.g. ComfyUI's ``SDTokenizer.inv_vocab``,
-            open_clip's ``SimpleTokenizer.decoder`` or transformers'
-            ``convert_ids_to_tokens``.
+        vocab: token id -> piece (``"hand</w>"`` for CLIP, ``"▁hand"`` for T5), e.g.
+            ComfyUI's ``SDTokenizer.inv_vocab``, open_clip's ``SimpleTokenizer.decoder`` or
+            transformers' ``convert_ids_to_tokens``.
+        style: ``clip`` or ``sentencepiece`` (:data:`STYLES`): how pieces mark words.
 
     Returns:
         The words in prompt order. Embedding vectors are no word and end the word before them.
 
     Raises:
-        ValueError: an entry is not a ``(token, weight, word_id)`` triple, or a token id is
-            not in ``vocab``.
+        ValueError: an entry is not a ``(token, weight, word_id)`` triple, a token id is
+            not in ``vocab``, or an unknown ``style``.
     """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     words: list[PromptWord] = []
     text, positions = "", []
 
@@ -133,6 +151,20 @@ def prompt_words(chunks: Sequence[Sequence[tuple]], vocab: Mapping[int, str]) ->
             except KeyError:
                 raise ValueError(f"token id {int(token)} is not in the tokenizer's vocabulary") \
                     from None
+            if style == "sentencepiece":
+                if piece.startswith(WORD_START):
+                    finish()
+                    piece = piece[len(WORD_START):]
+                if not piece:  # a bare word-start piece: a space
+                    continue
+                if not any(c.isalnum() for c in piece):  # punctuation: a word of its own
+                    finish()
+                    text, positions = piece, [offset + index]
+                    finish()
+                    continue
+                text += piece
+                positions.append(offset + index)
+                continue
             positions.append(offset + index)
             if piece.endswith(END_OF_WORD):
                 text += piece[:-len(END_OF_WORD)]
@@ -145,24 +177,31 @@ def prompt_words(chunks: Sequence[Sequence[tuple]], vocab: Mapping[int, str]) ->
 
 
 def find_hand_tokens(chunks: Sequence[Sequence[tuple]], vocab: Mapping[int, str],
-                     terms: Iterable[str] = ()) -> HandTokens:
+                     terms: Iterable[str] = (), *, preset: str = "default",
+                     style: str = "clip") -> HandTokens:
     """Select the hand-related tokens of a prompt (eq. AE-1's set I).
 
-    A word is selected if it is a hand word or a gerund (:func:`words.is_hand_word`), or if
-    it is part of an occurrence of one of ``terms`` (a word or phrase, compared word by word
-    with :func:`words.split_words`, punctuation ignored). Every BPE piece of a selected word
-    is selected.
+    A word is selected if it is a hand word of ``preset`` or a gerund
+    (:func:`words.is_hand_word`), or if it is part of an occurrence of one of ``terms`` (a
+    word or phrase, compared word by word with :func:`words.split_words`, punctuation
+    ignored). Every piece of a selected word is selected.
 
     Args:
-        chunks, vocab: as :func:`prompt_words`.
+        chunks, vocab, style: as :func:`prompt_words`.
         terms: extra words or phrases (the captioner's hand-action phrase, user words).
+        preset: ``default`` (the wider hand-word set) or ``paper`` (exactly hand, hands,
+            finger, fingers, gesture), see :data:`words.HAND_WORD_PRESETS`.
 
     Returns:
         :class:`HandTokens`; ``positions`` is empty when nothing matched.
+
+    Raises:
+        ValueError: as :func:`prompt_words`, or an unknown ``preset``.
     """
-    words = [word for word in prompt_words(chunks, vocab) if is_word(word.text)]
+    hand_word_set(preset)  # an unknown preset fails even for a prompt without words
+    words = [word for word in prompt_words(chunks, vocab, style=style) if is_word(word.text)]
     texts = [word.text for word in words]
-    chosen = {i for i, text in enumerate(texts) if is_hand_word(text)}
+    chosen = {i for i, text in enumerate(texts) if is_hand_word(text, preset)}
     unmatched = []
     for term in terms:
         wanted = split_words(term)
@@ -177,3 +216,31 @@ def find_hand_tokens(chunks: Sequence[Sequence[tuple]], vocab: Mapping[int, str]
     return HandTokens(positions=tuple(positions), words=tuple(texts[i] for i in order),
                       num_keys=sum(len(chunk) for chunk in chunks),
                       unmatched_terms=tuple(unmatched))
+
+
+def join_hand_tokens(parts: Sequence[HandTokens]) -> HandTokens:
+    """The selections of several text encoders whose outputs are concatenated along the
+    sequence (SD3: CLIP-L/G chunks, then T5), as one selection over the whole key sequence.
+
+    Args:
+        parts: the selections in sequence order, each in its own encoder's key positions.
+
+    Returns:
+        :class:`HandTokens` with each part's positions shifted by the keys before it,
+        ``num_keys`` the sum, ``words`` those of the first part that found any, and as
+        ``unmatched_terms`` the terms no part found.
+
+    Raises:
+        ValueError: ``parts`` is empty.
+    """
+    if not parts:
+        raise ValueError("join_hand_tokens needs at least one selection")
+    positions, offset = [], 0
+    for part in parts:
+        positions.extend(offset + p for p in part.positions)
+        offset += part.num_keys
+    words = next((part.words for part in parts if part.words), ())
+    unmatched = tuple(t for t in parts[0].unmatched_terms
+                      if all(t in part.unmatched_terms for part in parts))
+    return HandTokens(positions=tuple(positions), words=words, num_keys=offset,
+                      unmatched_terms=unmatched)

@@ -4,8 +4,9 @@ The paper selects words with NLTK part-of-speech tags, following AttentionHand: 
 hand nouns, and gerund verbs (tag VBG: "holding", "waving"). NLTK's tagger model cannot be
 downloaded at run time here, so gerunds are found by a documented heuristic instead
 (:func:`is_gerund`), and the noun set is widened to the hand's parts and grip words
-(:data:`HAND_WORDS`). Explicit terms (the captioner's ``hand_action`` phrase, user words) are
-matched as whole phrases on top.
+(:data:`HAND_WORDS`, the ``default`` preset); the ``paper`` preset keeps exactly the paper's
+nouns (:data:`PAPER_HAND_WORDS`) plus gerunds, for reproducing its experiment. Explicit terms
+(the captioner's ``hand_action`` phrase, user words) are matched as whole phrases on top.
 
 Words are compared the way CLIP's BPE tokenizer sees them: lower case, split into runs of
 letters, single digits and the English contractions ('s, 't, 're, 've, 'm, 'll, 'd), with
@@ -25,6 +26,14 @@ HAND_WORDS: frozenset[str] = frozenset({
     "knuckle", "knuckles", "grip", "grips", "grasp", "grasps", "gesture", "gestures",
     "handshake",
 })
+
+#: The paper's hand nouns, exactly (AttentionHand's set); with gerunds they are the ``paper``
+#: preset.
+PAPER_HAND_WORDS: frozenset[str] = frozenset({"hand", "hands", "finger", "fingers", "gesture"})
+
+#: Named hand-word sets (gerunds are added to each by :func:`is_hand_word`): ``default`` (the
+#: wider set, the pack's default) and ``paper`` (the paper's nouns only).
+HAND_WORD_PRESETS: dict[str, frozenset[str]] = {"default": HAND_WORDS, "paper": PAPER_HAND_WORDS}
 
 #: Words of five or more letters that end in "-ing" but are not gerund verbs in prompts:
 #: nouns, prepositions, pronouns, and adjectives common in image prompts. Shorter "-ing"
@@ -69,9 +78,27 @@ def is_gerund(word: str) -> bool:
     return len(word) >= 5 and word.endswith("ing") and word.isalpha() and word not in NOT_GERUNDS
 
 
-def is_hand_word(word: str) -> bool:
-    """True if ``word`` (lower case) is in :data:`HAND_WORDS` or is a gerund (:func:`is_gerund`)."""
-    return word in HAND_WORDS or is_gerund(word)
+def hand_word_set(preset: str = "default") -> frozenset[str]:
+    """The hand nouns of a preset of :data:`HAND_WORD_PRESETS`.
+
+    Raises:
+        ValueError: an unknown preset, naming the ones there are.
+    """
+    try:
+        return HAND_WORD_PRESETS[preset]
+    except (KeyError, TypeError):
+        raise ValueError(f"hand-word preset must be one of {', '.join(HAND_WORD_PRESETS)}, got "
+                         f"{preset!r}") from None
+
+
+def is_hand_word(word: str, preset: str = "default") -> bool:
+    """True if ``word`` (lower case) is a noun of the preset (:data:`HAND_WORDS` for
+    ``default``, :data:`PAPER_HAND_WORDS` for ``paper``) or is a gerund (:func:`is_gerund`).
+
+    Raises:
+        ValueError: an unknown preset.
+    """
+    return word in hand_word_set(preset) or is_gerund(word)
 
 
 def parse_terms(text: str) -> tuple[str, ...]:

@@ -197,6 +197,7 @@ class _HandEntry:
     betas: torch.Tensor | None = None
     transl: torch.Tensor | None = None
     box: tuple[tuple[float, float], float] | None = None
+    elbow_flexion: float | None = None
 
     def resolve(self, model: HandModel, camera: Camera) -> HandParams:
         side = self.side
@@ -242,7 +243,8 @@ def _parse_hand(data: dict, where: str) -> _HandEntry:
         box = (tuple(data["box"]["center"]), float(data["box"]["size"]))
         if not all(math.isfinite(v) for v in (*box[0], box[1])):
             raise ValueError(f"{where}/box: contains NaN or infinite values")
-    return _HandEntry(side=data["side"], where=where, preset=data.get("preset"), box=box, **vec)
+    return _HandEntry(side=data["side"], where=where, preset=data.get("preset"), box=box,
+                      elbow_flexion=data.get("elbow_flexion"), **vec)
 
 
 def _camera_from_json(data: dict, where: str) -> Camera:
@@ -422,7 +424,8 @@ class PoseSpec:
             for i in range(n):
                 cam, hands = self.frames[i % len(self.frames)]
                 cam = cam or camera
-                scenes.append(HandScene(hands=[h.resolve(model, cam) for h in hands], camera=cam))
+                scenes.append(HandScene(hands=[h.resolve(model, cam) for h in hands], camera=cam,
+                                        elbow_flexion=[h.elbow_flexion for h in hands]))
             sizes = {(s.camera.width, s.camera.height) for s in scenes}
             if len(sizes) > 1:
                 raise ValueError(f"pose file frames have different image sizes {sorted(sizes)}; "

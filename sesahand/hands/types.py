@@ -189,10 +189,16 @@ class HandMesh:
 
 @dataclass
 class HandScene:
-    """The hands of one image and its camera: the unit that gets rendered into one frame."""
+    """The hands of one image and its camera: the unit that gets rendered into one frame.
+
+    ``elbow_flexion``: per hand, the elbow flexion (radians) a pose file gave for the ``arm``
+    option, or None (the placement rule's default); None for the whole scene when no file
+    gave any.
+    """
 
     hands: list[HandParams]
     camera: Camera
+    elbow_flexion: list[float | None] | None = None
 
     def to_dict(self) -> dict:
         return {"camera": self.camera.to_dict(), "hands": [h.to_dict() for h in self.hands]}

@@ -7,9 +7,9 @@ hand ``HandLabels`` (21 joints in 3D and 2D with visibility, box). ``save_condit
 one frame as PNGs. Colour conventions are in ``sesahand.render.maps``.
 """
 
-from .conditions import Conditions, HandLabels, save_conditions
+from .conditions import ArmLabels, Conditions, HandLabels, save_conditions
 from .maps import HAND_COLORS
 from .renderer import BACKENDS, Renderer, render_conditions
 
-__all__ = ["BACKENDS", "HAND_COLORS", "Conditions", "HandLabels", "Renderer",
+__all__ = ["BACKENDS", "HAND_COLORS", "ArmLabels", "Conditions", "HandLabels", "Renderer",
            "render_conditions", "save_conditions"]

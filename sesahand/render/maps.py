@@ -29,7 +29,15 @@ farthest 0.2), background 0.
 Pose image: OpenPose hand skeleton as controlnet_aux's ``draw_handpose`` draws it for the
 SD1.5 OpenPose ControlNet: the 20 edges below, edge ``i`` in colour
 ``hsv_to_rgb(i / 20, 1, 1)`` two pixels wide, then a filled disc of radius 4 on every joint in
-``OPENPOSE_KEYPOINT_COLOR``.
+``OPENPOSE_KEYPOINT_COLOR``. With arms, the OpenPose *body* limbs wrist-elbow(-shoulder) are
+drawn first, as controlnet_aux's ``draw_bodypose`` draws them for body+hand OpenPose
+ControlNets: each limb a band 4 px wide in its body-limb colour at 60 % (right upper arm
+(255, 170, 0), right forearm (255, 255, 0), left upper arm (170, 255, 0), left forearm
+(85, 255, 0)), each joint a disc of radius 4 in its body-keypoint colour.
+
+Arms (``arm`` option) are shaded like hands in :data:`ARM_COLOR` (grey, so that a ControlNet
+trained on hand meshes sees where the hand ends); their depth image is normalised per arm
+like a hand's.
 """
 
 from __future__ import annotations
@@ -45,6 +53,22 @@ HAND_COLORS = {
     "right": (0.40, 0.60, 1.00),  # light blue
     "left": (1.00, 0.55, 0.35),  # orange
 }
+
+#: Base colour (RGB in 0..1) of arms in the shaded mesh image.
+ARM_COLOR = (0.60, 0.60, 0.60)
+
+#: OpenPose body colours (controlnet_aux ``draw_bodypose``) of the arm limbs and joints, per
+#: side: limbs wrist-elbow and elbow-shoulder, joints wrist, elbow, shoulder (RGB 0..255).
+OPENPOSE_ARM_LIMB_COLORS = {
+    "right": ((255, 255, 0), (255, 170, 0)),
+    "left": ((85, 255, 0), (170, 255, 0)),
+}
+OPENPOSE_ARM_JOINT_COLORS = {
+    "right": ((170, 255, 0), (255, 255, 0), (255, 170, 0)),
+    "left": ((0, 255, 85), (0, 255, 0), (85, 255, 0)),
+}
+OPENPOSE_BODY_LIMB_WIDTH = 4
+OPENPOSE_BODY_LIMB_ALPHA = 0.6
 
 #: Share of the base colour a surface keeps when it faces away from the light.
 AMBIENT = 0.2
@@ -162,7 +186,8 @@ def fill_hand_pixels(index: int, rect: tuple[int, int, int, int], hand: np.ndarr
 
 
 def draw_hand_poses(joints2d: list[np.ndarray], drawable: list[np.ndarray], width: int,
-                    height: int) -> tuple[np.ndarray, int, int] | None:
+                    height: int, arms: list[tuple[str, np.ndarray, np.ndarray]] = ()
+                    ) -> tuple[np.ndarray, int, int] | None:
     """Draw the OpenPose hand skeletons of one frame, in list order.
 
     Args:
@@ -173,6 +198,8 @@ def draw_hand_poses(joints2d: list[np.ndarray], drawable: list[np.ndarray], widt
             are skipped (the renderer passes "in front of the camera"; occluded joints are
             drawn, as an OpenPose hand detector also reports them).
         width, height: image size in pixels.
+        arms: OpenPose body limbs drawn first, per arm ``(side, joints2d (K, 2) wrist, elbow
+            [, shoulder], drawable (K,))``.
 
     Returns:
         ``(crop, x0, y0)``: an (h, w, 3) uint8 RGB crop of the black frame holding every drawn
@@ -181,7 +208,9 @@ def draw_hand_poses(joints2d: list[np.ndarray], drawable: list[np.ndarray], widt
         large frames.
     """
     pts = [np.clip(np.floor(j), -(2**30), 2**30).astype(np.int64) for j in joints2d]
-    shown = [p[d] for p, d in zip(pts, drawable)]
+    arm_pts = [np.clip(np.floor(j), -(2**30), 2**30).astype(np.int64) for _, j, _ in arms]
+    shown = [p[d] for p, d in zip(pts, drawable)] + \
+        [p[d] for p, (_, _, d) in zip(arm_pts, arms)]
     if not any(len(p) for p in shown):
         return None
     allpts = np.concatenate(shown)
@@ -194,6 +223,17 @@ def draw_hand_poses(joints2d: list[np.ndarray], drawable: list[np.ndarray], widt
     canvas = Image.new("RGB", (x1 - x0, y1 - y0))
     draw = ImageDraw.Draw(canvas)
     r = OPENPOSE_KEYPOINT_RADIUS
+    for p, (side, _, ok) in zip(arm_pts, arms):
+        p = p - np.array([x0, y0])
+        for k in range(len(p) - 1):
+            if ok[k] and ok[k + 1]:
+                color = tuple(round(c * OPENPOSE_BODY_LIMB_ALPHA)
+                              for c in OPENPOSE_ARM_LIMB_COLORS[side][k])
+                draw.line([tuple(p[k].tolist()), tuple(p[k + 1].tolist())], fill=color,
+                          width=OPENPOSE_BODY_LIMB_WIDTH)
+        for k, ((x, y), good) in enumerate(zip(p.tolist(), ok.tolist())):
+            if good:
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=OPENPOSE_ARM_JOINT_COLORS[side][k])
     for p, ok in zip(pts, drawable):
         p = p - np.array([x0, y0])
         for (a, b), color in zip(OPENPOSE_HAND_EDGES, OPENPOSE_EDGE_COLORS):

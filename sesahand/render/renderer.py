@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from ..hands.types import Camera, HandMesh
-from .conditions import Conditions, HandLabels
+from .conditions import ArmLabels, Conditions, HandLabels
 from .maps import draw_hand_poses, fill_hand_pixels
 from .projection import NEAR_M
-from .scene import ZeroArrays, check_frames, prepare_frame
+from .scene import MAX_HANDS_PER_FRAME, ZeroArrays, check_frames, prepare_frame
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,14 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+#: Arm joints (wrist, elbow, shoulder) lie inside the arm: up to this far (metres) behind the
+#: arm's or its hand's own surface they count as visible.
+ARM_JOINT_DEPTH_TOLERANCE_M = 0.06
+
+
 def joint_visibility(joints: torch.Tensor, joints2d: torch.Tensor, depth: np.ndarray,
-                     hand: np.ndarray, index: int) -> torch.Tensor:
+                     hand: np.ndarray, index: int, tolerance=JOINT_DEPTH_TOLERANCE_M,
+                     own: tuple[int, ...] = ()) -> torch.Tensor:
     """Which joints of hand ``index`` are visible in a rendered frame.
 
     Args:
@@ -89,8 +95,9 @@ def joint_visibility(joints: torch.Tensor, joints2d: torch.Tensor, depth: np.nda
     px = np.clip(np.floor(u), 0, width - 1).astype(np.intp)
     py = np.clip(np.floor(v), 0, height - 1).astype(np.intp)
     behind, owner = z - depth[py, px], hand[py, px]
-    own = behind <= np.asarray(JOINT_DEPTH_TOLERANCE_M, dtype=np.float32)
-    unoccluded = np.where(owner == 0, True, np.where(owner == index + 1, own, behind <= 0))
+    near = behind <= np.asarray(tolerance, dtype=np.float32)
+    mine = np.isin(owner, [index + 1, *(i + 1 for i in own)])
+    unoccluded = np.where(owner == 0, True, np.where(mine, near, behind <= 0))
     return torch.from_numpy(inside & unoccluded)
 
 
@@ -119,7 +126,8 @@ class Renderer:
         self._impl = _make_backend(self.backend)
         self._arrays = ZeroArrays()
 
-    def render(self, meshes: Sequence[Sequence[HandMesh]], cameras: Sequence[Camera]) -> Conditions:
+    def render(self, meshes: Sequence[Sequence[HandMesh]], cameras: Sequence[Camera],
+               arms: Sequence[Sequence] | None = None) -> Conditions:
         """Render B frames.
 
         Args:
@@ -127,6 +135,9 @@ class Renderer:
                 that frame's camera frame, metres).
             cameras: per frame, its ``Camera``; all of the same width and height (multiples
                 of 8, which ``Camera`` enforces).
+            arms: optional, per frame one ``sesahand.hands.arm.ArmMesh`` per hand (the arm
+                attached to it), drawn in every map; their masks and labels are
+                ``Conditions.arm_masks`` / ``arm_mask`` and ``HandLabels.arm``.
 
         Returns:
             ``Conditions`` with every map, mask and label (see its docstring). A hand with no
@@ -141,9 +152,15 @@ class Renderer:
         if self._impl is None:
             raise RuntimeError("Renderer.render: this renderer was closed; create a new one")
         meshes, cameras, width, height = check_frames(meshes, cameras)
+        arms = [list(a) for a in arms] if arms is not None else [[] for _ in meshes]
+        if len(arms) != len(meshes) or any(a and len(a) != len(h) for a, h in zip(arms, meshes)):
+            raise ValueError("arms: give per frame one arm per hand (or no arms)")
+        if any(len(h) + len(a) > MAX_HANDS_PER_FRAME for h, a in zip(meshes, arms)):
+            raise ValueError(f"a frame has more than {MAX_HANDS_PER_FRAME} hands and arms")
         device = self._impl.device
         with torch.no_grad():
-            frames = [prepare_frame(hands, cam, device) for hands, cam in zip(meshes, cameras)]
+            frames = [prepare_frame(hands, cam, device, frame_arms)
+                      for hands, cam, frame_arms in zip(meshes, cameras, arms)]
             gbuf = self._impl.rasterize(frames, width, height)
             # The maps derived from the G-buffer are made on the CPU, in numpy and only within
             # each hand's pixel bounds: these are small, scattered operations, and a torch op
@@ -154,21 +171,35 @@ class Renderer:
             depth_image = zeros((batch, height, width), np.float32)
             mask = zeros((batch, height, width), np.float32)
             pose = zeros((batch, height, width, 3), np.float32)
-            written, drawn_at, masks, labels = [], [], [], []
-            for b, (hands, cam, frame) in enumerate(zip(meshes, cameras, frames)):
+            arm_mask = zeros((batch, height, width), np.float32)
+            written, drawn_at, masks, labels, arm_masks = [], [], [], [], []
+            for b, (hands, cam, frame, frame_arms) in enumerate(zip(meshes, cameras, frames, arms)):
                 frame_masks = zeros((len(hands), height, width), np.bool_)
+                own_arm = zeros((len(frame_arms), height, width), np.bool_)
                 frame_labels = []
                 for i, (mesh, rect) in enumerate(zip(hands, frame.rects)):
                     box = fill_hand_pixels(i, rect, hand[b], depth[b], frame_masks[i], mask[b],
                                            depth_image[b])
                     frame_labels.append(self._label(b, i, mesh, cam, box, depth[b], hand[b]))
+                n = len(hands)
+                for j, arm in enumerate(frame_arms):
+                    rect = frame.rects[n + j]
+                    box = fill_hand_pixels(n + j, rect, hand[b], depth[b], own_arm[j],
+                                           arm_mask[b], depth_image[b])
+                    frame_labels[j].arm = self._arm_label(b, j, n, arm, cam, box, depth[b],
+                                                          hand[b])
                 labels.append(frame_labels)
                 masks.append(self._tensor(frame_masks, [(i, *rect) for i, rect in
-                                                        enumerate(frame.rects)], device))
+                                                        enumerate(frame.rects[:n])], device))
+                arm_masks.append(self._tensor(own_arm, [(j, *rect) for j, rect in
+                                                        enumerate(frame.rects[n:])], device))
                 written += [(b, *rect) for rect in frame.rects]
                 drawn = draw_hand_poses([lab.joints2d.numpy() for lab in frame_labels],
                                         [(lab.joints3d[:, 2] > NEAR_M).numpy()
-                                         for lab in frame_labels], width, height)
+                                         for lab in frame_labels], width, height,
+                                        arms=[(lab.side, lab.arm.joints2d.numpy(),
+                                               (lab.arm.joints3d[:, 2] > NEAR_M).numpy())
+                                              for lab in frame_labels if lab.arm is not None])
                 if drawn is not None:
                     crop, x0, y0 = drawn
                     x1, y1 = x0 + crop.shape[1], y0 + crop.shape[0]
@@ -178,7 +209,8 @@ class Renderer:
                           depth_image=self._tensor(depth_image, written, device),
                           normal=gbuf.normal, masks=masks,
                           mask=self._tensor(mask, written, device),
-                          pose=self._tensor(pose, drawn_at, device), labels=labels)
+                          pose=self._tensor(pose, drawn_at, device), labels=labels,
+                          arm_mask=self._tensor(arm_mask, written, device), arm_masks=arm_masks)
 
     def _tensor(self, array: np.ndarray, written: list, device: torch.device) -> torch.Tensor:
         return self._arrays.tensor(array, written).to(device)
@@ -197,6 +229,19 @@ class Renderer:
             notes.append(msg)
         return HandLabels(side=mesh.side, model=mesh.model, joints3d=joints, joints2d=joints2d,
                           visible=visible, box=box, notes=notes)
+
+    @staticmethod
+    def _arm_label(b: int, j: int, hands: int, arm, camera: Camera, box: torch.Tensor | None,
+                   depth: np.ndarray, hand: np.ndarray) -> ArmLabels:
+        joints = arm.joints.detach().cpu().float().clone()
+        joints2d = camera.project(joints)
+        visible = joint_visibility(joints, joints2d, depth, hand, hands + j,
+                                   ARM_JOINT_DEPTH_TOLERANCE_M, own=(j,))
+        if box is None:
+            logger.warning("frame %d, arm of hand %d: no visible pixel (outside the image or "
+                           "hidden)", b, j)
+        return ArmLabels(kind=arm.kind, joints3d=joints, joints2d=joints2d, visible=visible,
+                         box=box, elbow_flexion=float(arm.elbow_flexion))
 
     def close(self) -> None:
         """Release the backend's context and buffers (idempotent)."""
@@ -217,13 +262,13 @@ _shared_lock = threading.Lock()
 
 
 def render_conditions(meshes: Sequence[Sequence[HandMesh]], cameras: Sequence[Camera],
-                      backend: str = "auto") -> Conditions:
-    """``Renderer(backend).render(meshes, cameras)`` with one renderer kept per backend for
-    the life of the process (contexts are expensive to create). Same arguments, result and
+                      backend: str = "auto", arms: Sequence[Sequence] | None = None) -> Conditions:
+    """``Renderer(backend).render(meshes, cameras, arms)`` with one renderer kept per backend
+    for the life of the process (contexts are expensive to create). Same arguments, result and
     errors as :meth:`Renderer.render` and :class:`Renderer`."""
     name = resolve_backend(backend)
     with _shared_lock:
         renderer = _shared.get(name)
         if renderer is None:
             renderer = _shared[name] = Renderer(name)
-    return renderer.render(meshes, cameras)
+    return renderer.render(meshes, cameras, arms)

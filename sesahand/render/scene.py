@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..hands.types import SIDES, Camera, HandMesh
-from .maps import HAND_COLORS, vertex_normals
+from .maps import ARM_COLOR, HAND_COLORS, vertex_normals
 from .projection import covered_rect, gl_projection
 
 #: The hand index is stored in an 8-bit target (0 = background).
@@ -122,19 +122,21 @@ def _check_mesh(where: str, mesh) -> None:
         raise ValueError(f"{where}.faces: indices must lie in 0..{mesh.vertices.shape[0] - 1}")
 
 
-def prepare_frame(hands, camera: Camera, device: torch.device) -> FrameGeometry:
+def prepare_frame(hands, camera: Camera, device: torch.device, arms=()) -> FrameGeometry:
     """Move one frame's (checked) meshes to ``device`` with vertex normals, colours and
-    covered pixel bounds."""
+    covered pixel bounds; ``arms`` (``sesahand.hands.arm.ArmMesh``) follow the hands, in
+    :data:`maps.ARM_COLOR`."""
     projection = gl_projection(camera)
     geometry = FrameGeometry(projection=projection, vertices=[], normals=[], faces=[],
                              colors=[], rects=[])
-    for mesh in hands:
+    for mesh in [*hands, *arms]:
         verts = mesh.vertices.detach().to(device=device, dtype=torch.float32)
         faces = mesh.faces.detach().to(device=device, dtype=torch.int64)
         geometry.vertices.append(verts)
         geometry.faces.append(faces)
         geometry.normals.append(vertex_normals(verts, faces))
-        geometry.colors.append(torch.tensor(HAND_COLORS[mesh.side], device=device))
+        color = HAND_COLORS[mesh.side] if isinstance(mesh, HandMesh) else ARM_COLOR
+        geometry.colors.append(torch.tensor(color, device=device))
         geometry.rects.append(covered_rect(verts.cpu().numpy(), projection.numpy(),
                                            camera.width, camera.height))
     return geometry

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sesahand.attention import biased_attention, check_alpha, hand_query_weights
+from sesahand.attention import biased_attention, check_alpha, hand_query_weights, joint_key_bias
 
 B, NQ, NK, HEADS, D = 2, 24, 77, 4, 8
 
@@ -124,3 +124,37 @@ def test_alpha_out_of_range(alpha):
 
 def test_alpha_in_range():
     assert check_alpha(0) == 0.0 and check_alpha(2) == 2.0 and check_alpha(10.0) == 10.0
+
+
+def test_joint_key_bias_lands_on_image_queries_and_hand_keys_only():
+    row = torch.zeros(5)
+    row[[1, 3]] = 2.0
+    # [2 registers][5 text][3x2 image][2 reference tokens]
+    mask = joint_key_bias(row, 15, text_start=2, image_start=7, image_tokens=6)
+    assert mask.shape == (1, 1, 15, 15)
+    expected = torch.zeros(15, 15)
+    expected[7:13, 3] = expected[7:13, 5] = 2.0
+    assert torch.equal(mask[0, 0], expected)
+    weight = torch.tensor([[1.0, 0.5, 0.0, 0.0, 0.0, 1.0], [0.0] * 6])
+    weighted = joint_key_bias(row, 15, text_start=2, image_start=7, image_tokens=6,
+                              query_weight=weight)
+    assert weighted.shape == (2, 1, 15, 15) and weighted[1].abs().sum() == 0
+    assert weighted[0, 0, 7:13, 3].tolist() == [2.0, 1.0, 0.0, 0.0, 0.0, 2.0]
+    with pytest.raises(ValueError, match="do not fit"):
+        joint_key_bias(row, 12, text_start=2, image_start=7, image_tokens=6)
+    with pytest.raises(ValueError, match="query_weight"):
+        joint_key_bias(row, 15, text_start=2, image_start=7, image_tokens=6,
+                       query_weight=torch.ones(1, 5))
+
+
+def test_joint_bias_through_sdpa_is_eq_ae1_on_image_queries():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 11, 8, generator=g) for _ in range(3))  # 4 text, 7 image
+    row = torch.tensor([0.0, 2.0, 0.0, 2.0])
+    mask = joint_key_bias(row, 11, text_start=0, image_start=4, image_tokens=7)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(out[:, :, :4], plain[:, :, :4])  # text queries unchanged
+    logits = q @ k.transpose(-1, -2) / math.sqrt(8)
+    logits[:, :, 4:, [1, 3]] += 2.0
+    torch.testing.assert_close(out, logits.softmax(-1) @ v)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sesahand.attention import HandTokens, find_hand_tokens, prompt_words
+from sesahand.attention import HandTokens, find_hand_tokens, join_hand_tokens, prompt_words
 
 CHUNK = 77
 
@@ -117,3 +117,48 @@ def test_key_bias_row_and_tiling():
     assert tiled.nonzero().flatten().tolist() == [3, 8, 80, 85, 157, 162]
     with pytest.raises(ValueError, match="same text"):
         tokens.key_bias(2.0, 100)
+
+
+def test_paper_preset_selects_only_the_papers_nouns_and_gerunds(clip_bpe, tokenize):
+    chunks = tokenize("a fist and a thumb, fingers holding a cup in one hand, palm up")
+    wide = find_hand_tokens(chunks, clip_bpe.decoder)
+    paper = find_hand_tokens(chunks, clip_bpe.decoder, preset="paper")
+    assert wide.words == ("fist", "thumb", "fingers", "holding", "hand", "palm")
+    assert paper.words == ("fingers", "holding", "hand")
+    assert set(paper.positions) < set(wide.positions)
+    with pytest.raises(ValueError, match="preset"):
+        find_hand_tokens(chunks, clip_bpe.decoder, preset="nltk")
+
+
+# T5 SentencePiece pieces as ComfyUI lays them out: no start token, the end token (1), padding (0).
+T5_VOCAB = {0: "<pad>", 1: "</s>", 10: "\u2581a", 11: "\u2581person", 12: "\u2581hold", 13: "ing",
+            14: "\u2581cup", 15: "\u2581with", 16: "\u2581one", 17: "\u2581hand", 18: ",",
+            19: "\u2581palm", 20: "\u2581", 21: "(", 22: "s"}
+
+
+def test_sentencepiece_words_start_at_the_word_marker():
+    # "a person holding a cup with one hand, (palms" ; "holding" is two pieces, "(" a bare one
+    ids = [10, 11, 12, 13, 10, 14, 15, 16, 17, 18, 20, 21, 19, 22]
+    chunk = [(t, 1.0, 1) for t in ids] + [(1, 1.0, 0)] + [(0, 1.0, 0)] * 10
+    words = prompt_words([chunk], T5_VOCAB, style="sentencepiece")
+    assert [w.text for w in words] == ["a", "person", "holding", "a", "cup", "with", "one", "hand",
+                                       ",", "(", "palms"]
+    assert words[2].positions == (2, 3) and words[-1].positions == (12, 13)
+    found = find_hand_tokens([chunk], T5_VOCAB, style="sentencepiece")
+    assert found.positions == (2, 3, 8, 12, 13) and found.num_keys == len(chunk)
+    assert found.words == ("holding", "hand", "palms")
+    with pytest.raises(ValueError, match="style"):
+        prompt_words([chunk], T5_VOCAB, style="wordpiece")
+
+
+def test_join_lays_encoders_out_one_after_the_other():
+    clip = HandTokens(positions=(3, 8), words=("holding", "hand"), num_keys=154,
+                      unmatched_terms=("a bike", "cup"))
+    t5 = HandTokens(positions=(2, 3, 8), words=("holding", "hand"), num_keys=77,
+                    unmatched_terms=("a bike",))
+    joined = join_hand_tokens([clip, t5])
+    assert joined.positions == (3, 8, 156, 157, 162) and joined.num_keys == 231
+    assert joined.words == ("holding", "hand") and joined.unmatched_terms == ("a bike",)
+    assert join_hand_tokens([t5]) == t5
+    with pytest.raises(ValueError):
+        join_hand_tokens([])

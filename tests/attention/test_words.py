@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sesahand.attention import (HAND_WORDS, NOT_GERUNDS, is_gerund, is_hand_word, parse_terms,
-                                split_words)
+from sesahand.attention import (HAND_WORD_PRESETS, HAND_WORDS, NOT_GERUNDS, PAPER_HAND_WORDS,
+                                is_gerund, is_hand_word, parse_terms, split_words)
 
 
 @pytest.mark.parametrize("word", ["holding", "waving", "typing", "juggling", "pinching",
@@ -40,3 +40,15 @@ def test_split_words_follows_clip():
 def test_parse_terms():
     assert parse_terms("holding a cup,  Thumbs-up ,, !, ") == ("holding a cup", "Thumbs-up")
     assert parse_terms("") == ()
+
+
+def test_paper_preset_is_exactly_the_papers_nouns_plus_gerunds():
+    assert PAPER_HAND_WORDS == {"hand", "hands", "finger", "fingers", "gesture"}
+    assert HAND_WORD_PRESETS["paper"] is PAPER_HAND_WORDS
+    assert HAND_WORD_PRESETS["default"] is HAND_WORDS
+    for word in ("thumb", "palm", "fist", "wrist", "grip", "fingertips"):
+        assert is_hand_word(word) and not is_hand_word(word, "paper")
+    for word in PAPER_HAND_WORDS | {"holding", "waving"}:
+        assert is_hand_word(word, "paper")
+    with pytest.raises(ValueError, match="hand-word preset must be one of default, paper"):
+        is_hand_word("hand", "wide")

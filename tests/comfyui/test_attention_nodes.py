@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import logging
 
 import numpy as np
@@ -35,8 +36,8 @@ TINY_UNET = {
 
 @pytest.fixture(scope="module")
 def ae(comfyui):
-    """The pack's ``nodes.attention`` module as ComfyUI loaded it."""
-    return importlib.import_module(comfyui.pack_module.__name__ + ".nodes.attention")
+    """The pack's ``nodes.attention_patch`` module as ComfyUI loaded it."""
+    return importlib.import_module(comfyui.pack_module.__name__ + ".nodes.attention_patch")
 
 
 @pytest.fixture(scope="module")
@@ -433,3 +434,300 @@ def test_server_runs_the_attention_workflow(comfyui, load_local, checkpoints, tm
         assert image.shape == (64, 64, 3) and image.std() > 0.02  # not a constant (NaN) image
     assert np.array_equal(images["sampler"], images["patched"])  # both nodes bias alike
     assert np.abs(images["sampler"] - images["plain"]).mean() > 0.002  # the bias changed the image
+
+
+# --- issue 13 item 6: the paper's word preset, and warnings instead of silence
+
+def test_paper_preset_biases_only_the_papers_words(comfyui, ae, clip):
+    prompt = "a fist and a thumb, fingers holding a cup in one hand, palm up"
+    wide = ae.hand_tokens(clip, prompt, "")
+    paper = ae.hand_tokens(clip, prompt, "", preset="paper")
+    assert wide.words == ("fist", "thumb", "fingers", "holding", "hand", "palm")
+    assert paper.words == ("fingers", "holding", "hand")
+    info = comfyui.node("SesaHandHandAttention").GET_NODE_INFO_V1()["input"]["optional"]
+    assert info["hand_words"][1]["options"] == ["default", "paper"]
+    assert "must be one of default, paper" in comfyui.node("SesaHandHandAttention").validate_inputs(
+        hand_words="nltk")
+
+
+def test_a_patch_without_cond_or_uncond_warns_and_leaves_attention_alone(ae, caplog):
+    from comfy.ldm.modules.attention import optimized_attention
+
+    tokens = ae.HandTokens(positions=(3, 8), words=("holding", "hand"), num_keys=77)
+    patch = ae.HandAttentionPatch(tokens, 2.0, sigma_start=10.0, sigma_end=1.0, mask=None)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 16, 32, generator=g)
+    k, v = (torch.randn(2, 77, 32, generator=g) for _ in range(2))
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            out = patch(q, k, v, {"n_heads": 4, "sigmas": torch.tensor([5.0])})
+    assert torch.equal(out, optimized_attention(q, k, v, 4))
+    warnings = [r.getMessage() for r in caplog.records if "cond_or_uncond" in r.getMessage()]
+    assert len(warnings) == 1 and "bias is skipped" in warnings[0]  # once per patch
+
+
+def test_several_positive_conditionings_warn(comfyui, tiny_model, clip, caplog):
+    patched = comfyui.node("SesaHandHandAttention").execute(
+        model=tiny_model, clip=clip, **hand_inputs())[0]
+    import nodes
+
+    combined = conditioning(1) + conditioning(3)  # ConditioningCombine: two positive prompts
+    with caplog.at_level(logging.WARNING):
+        nodes.common_ksampler(patched, 7, 1, 3.0, "euler", "normal", combined, conditioning(2),
+                              {"samples": torch.zeros(1, 4, 8, 8)})
+    assert any("2 different conditionings" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        sample(patched)
+    assert not any("different conditionings" in r.getMessage() for r in caplog.records)
+
+
+def test_a_later_patch_that_overwrites_the_bias_warns(comfyui, tiny_model, clip, caplog):
+    patched = comfyui.node("SesaHandHandAttention").execute(
+        model=tiny_model, clip=clip, **hand_inputs())[0]
+    with caplog.at_level(logging.WARNING):
+        sample(patched)
+    assert not any("replaced its patch" in r.getMessage() for r in caplog.records)
+    later = patched.clone()
+    later.set_model_attn2_replace(AddedTerm(), "output", 2, 0)  # e.g. IPAdapter applied after
+    with caplog.at_level(logging.WARNING):
+        sample(later)
+    messages = [r.getMessage() for r in caplog.records if "replaced its patch" in r.getMessage()]
+    assert messages and "1 of 4 cross-attention layers" in messages[0]
+    assert "('output', 2, 0)" in messages[0] and "apply SesaHand Hand Attention last" in messages[0]
+
+
+# --- issue 15: families beyond SD1.5, on tiny models built from ComfyUI's own classes
+
+def random_patcher(model, seed: int = 0):
+    import comfy.model_patcher
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def family_conditioning(seed: int, tokens: int, width: int, pooled: int):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, width, generator=g),
+             {"pooled_output": torch.randn(1, pooled, generator=g)}]]
+
+
+def family_branches(model, cond, uncond, channels: int, cfg: float = 3.0):
+    """The first step's (positive, negative) denoised predictions on an 8x8 latent."""
+    import nodes
+
+    recorded = []
+
+    def record(args):
+        recorded.append((args["cond_denoised"].clone(), args["uncond_denoised"].clone()))
+        return args["denoised"]
+
+    probe = model.clone()
+    probe.set_model_sampler_post_cfg_function(record)
+    nodes.common_ksampler(probe, 7, 1, cfg, "euler", "simple", cond, uncond,
+                          {"samples": torch.zeros(2, channels, 8, 8)})
+    return recorded[0]
+
+
+def family_sample(model, cond, uncond, channels: int):
+    import nodes
+
+    latent = {"samples": torch.zeros(1, channels, 8, 8)}
+    return nodes.common_ksampler(model, 7, 2, 3.0, "euler", "simple", cond, uncond,
+                                 latent)[0]["samples"]
+
+
+def tokenizer_clip(tokenizer, **encoders):
+    """A core CLIP object with a core tokenizer only; ``encoders`` stand for the loaded text
+    encoders (SD3: clip_l, clip_g, t5xxl)."""
+    import types
+
+    import comfy.sd
+
+    clip = comfy.sd.CLIP(no_init=True)
+    clip.tokenizer = tokenizer
+    clip.tokenizer_options = {}
+    if encoders:
+        clip.cond_stage_model = types.SimpleNamespace(**encoders)
+    return clip
+
+
+TINY_SDXL = {
+    "in_channels": 4, "out_channels": 4, "model_channels": 32, "num_res_blocks": [1, 1],
+    "channel_mult": [1, 2], "transformer_depth": [0, 2], "transformer_depth_output": [0, 0, 2, 2],
+    "transformer_depth_middle": 2, "context_dim": 2048, "use_linear_in_transformer": True,
+    "use_spatial_transformer": True, "legacy": False, "adm_in_channels": 2816,
+    "num_head_channels": 16, "use_temporal_attention": False, "use_temporal_resblock": False,
+    "image_size": 32, "use_checkpoint": False, "num_classes": "sequential",
+}
+TINY_FLUX = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768,
+    "context_in_dim": 4096, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
+    "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2,
+    "qkv_bias": True, "guidance_embed": True,
+}
+TINY_SD35 = {  # SD3.5-style: MMDiT-X image self-attention in block 0
+    "in_channels": 16, "out_channels": 16, "pos_embed_scaling_factor": None, "patch_size": 2,
+    "depth": 2, "adm_in_channels": 2048, "pos_embed_max_size": 16, "num_patches": 256,
+    "context_embedder_config": {"target": "torch.nn.Linear",
+                                "params": {"in_features": 4096, "out_features": 128}},
+    "x_block_self_attn_layers": [0], "qk_norm": "rms",
+}
+
+
+@pytest.fixture(scope="module")
+def families(comfyui):
+    """Tiny random models of each family with the tokenizer and conditioning shapes of their
+    real counterparts: ``{name: (model, clip, text tokens, text width, pooled, channels)}``."""
+    import comfy.sdxl_clip
+    import comfy.supported_models
+    import comfy.text_encoders.flux
+    import comfy.text_encoders.sd3_clip
+
+    sd3_tokenizer = comfy.text_encoders.sd3_clip.SD3Tokenizer()
+    return {
+        "SDXL": (random_patcher(comfy.supported_models.SDXL(dict(TINY_SDXL)).get_model({})),
+                 tokenizer_clip(comfy.sdxl_clip.SDXLTokenizer()), 77, 2048, 1280, 4),
+        "Flux": (random_patcher(comfy.supported_models.Flux(dict(TINY_FLUX)).get_model({})),
+                 tokenizer_clip(comfy.text_encoders.flux.FluxTokenizer()), 256, 4096, 768, 16),
+        "SD3": (random_patcher(comfy.supported_models.SD3(dict(TINY_SD35)).get_model({})),
+                tokenizer_clip(sd3_tokenizer, clip_l=True, clip_g=True, t5xxl=True),
+                154, 4096, 2048, 16),
+    }
+
+
+FAMILY_PROMPT = "a woman holding a cup with her hand, smiling"
+
+
+@pytest.mark.parametrize("name", ["SDXL", "Flux", "SD3"])
+def test_alpha_zero_is_the_unpatched_model_and_the_negative_branch_is_untouched(
+        comfyui, families, name):
+    model, clip, tokens, width, pooled, channels = families[name]
+    cond, uncond = (family_conditioning(s, tokens, width, pooled) for s in (1, 2))
+    node = comfyui.node("SesaHandHandAttention")
+    inputs = hand_inputs(prompt=FAMILY_PROMPT, layers="all")
+    reference = family_sample(model, cond, uncond, channels)
+    off = node.execute(model=model, clip=clip, **{**inputs, "alpha": 0.0})[0]
+    assert off is not model and torch.equal(family_sample(off, cond, uncond, channels), reference)
+
+    plain_pos, plain_neg = family_branches(model, cond, uncond, channels)
+    patched = node.execute(model=model, clip=clip, **inputs)[0]
+    pos, neg = family_branches(patched, cond, uncond, channels)
+    assert torch.equal(neg, plain_neg)
+    assert not torch.allclose(pos, plain_pos, atol=1e-5) and torch.isfinite(pos).all()
+
+
+def test_sdxl_clip_l_and_clip_g_share_positions(ae, families):
+    _, clip, *_ = families["SDXL"]
+    prompt = "(waving:1.2) " + "a crowded market with stalls " * 16 + "and a raised hand"
+    tokens = clip.tokenize(prompt, return_word_ids=True)
+    assert len(tokens["l"]) == len(tokens["g"]) == 2
+    for chunk_l, chunk_g in zip(tokens["l"], tokens["g"]):
+        words_l = [(t, w) for t, _, w in chunk_l if w]
+        assert words_l == [(t, w) for t, _, w in chunk_g if w]  # g pads with 0, l with the end
+    found = ae.hand_tokens(clip, prompt, "")
+    assert found.words == ("waving", "hand") and found.num_keys == 154
+    assert found.positions[0] == 1 and found.positions[1] > 77
+    refiner = tokenizer_clip(type(clip.tokenizer.clip_g)())  # the refiner: CLIP-G only
+    refiner.tokenizer.clip_g = refiner.tokenizer
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
+
+    refiner.tokenizer = comfy.sd1_clip.SD1Tokenizer(clip_name="g",
+                                                   tokenizer=comfy.sdxl_clip.SDXLClipGTokenizer)
+    assert ae.hand_tokens(refiner, prompt, "").positions == found.positions
+
+
+def test_sdxl_decoder_keys_include_every_transformer_of_a_block(ae, families):
+    model = families["SDXL"][0]
+    assert ae.model_family(model) == "unet"
+    keys = ae.cross_attention_keys(model, "decoder")
+    assert keys == [("output", n, i) for n in (0, 1) for i in (0, 1)]
+    assert ("middle", 0, 1) in ae.cross_attention_keys(model, "all")
+
+
+def test_flux_positions_are_t5_positions(ae, families):
+    model, clip, *_ = families["Flux"]
+    assert ae.model_family(model) == "flux"
+    found = ae.hand_tokens(clip, FAMILY_PROMPT + ", (fingers:1.3) spread", "", family="flux")
+    chunk = clip.tokenize(FAMILY_PROMPT + ", (fingers:1.3) spread", return_word_ids=True)["t5xxl"]
+    assert len(chunk) == 1 and found.num_keys == len(chunk[0]) == 256
+    vocab = clip.tokenizer.t5xxl.inv_vocab
+    pieces = [vocab[chunk[0][p][0]] for p in found.positions]
+    assert "".join(pieces).replace("\u2581", " ").split() == ["holding", "hand", "smiling",
+                                                                  "fingers"]
+    assert chunk[0][found.positions[-1]][1] == pytest.approx(1.3)
+
+
+def test_sd3_positions_follow_the_clip_then_t5_layout(ae, families):
+    _, clip, *_ = families["SD3"]
+    found = ae.hand_tokens(clip, FAMILY_PROMPT, "", family="sd3")
+    tokens = clip.tokenize(FAMILY_PROMPT, return_word_ids=True)
+    clip_part = [p for p in found.positions if p < 77]
+    t5_part = [p - 77 for p in found.positions if p >= 77]
+    assert found.num_keys == 77 + len(tokens["t5xxl"][0]) == 154
+    assert clip_part == [3, 8, 10]  # <start> a woman holding a cup with her hand , smiling
+    vocab = clip.tokenizer.t5xxl.inv_vocab
+    assert [vocab[tokens["t5xxl"][0][p][0]] for p in t5_part] == ["\u2581holding", "\u2581hand",
+                                                                     "\u2581smiling"]
+    t5_only = tokenizer_clip(clip.tokenizer, clip_l=None, clip_g=None, t5xxl=True)
+    assert ae.hand_tokens(t5_only, FAMILY_PROMPT, "", family="sd3").positions == tuple(t5_part)
+    clip_only = tokenizer_clip(clip.tokenizer, clip_l=True, clip_g=True, t5xxl=None)
+    assert ae.hand_tokens(clip_only, FAMILY_PROMPT, "", family="sd3").positions == (3, 8, 10)
+
+
+def test_joint_override_biases_image_queries_on_hand_keys(ae):
+    """The override of one Flux-layout call: text first, then the image; heads-first layout."""
+    from comfy.ldm.modules.attention import attention_pytorch
+
+    tokens = ae.HandTokens(positions=(1, 3), words=("holding", "hand"), num_keys=5)
+    owner = ae.JointHandAttention(tokens, 2.0, 10.0, 0.0, None, "flux")
+    call = ae._JointCall(owner, positive=[0], chunks=2, registers=0, text=5, grid=(2, 3),
+                         previous=None)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(4, 2, 11, 8, generator=g) for _ in range(3))  # 2 chunks of 2
+    out = call(attention_pytorch, q, k, v, 2, skip_reshape=True, transformer_options={})
+    plain = attention_pytorch(q, k, v, 2, skip_reshape=True)
+    # the negative chunk: the layer's own function on its rows
+    assert torch.equal(out[2:], attention_pytorch(q[2:], k[2:], v[2:], 2, skip_reshape=True))
+    logits = q[:2] @ k[:2].transpose(-1, -2) / math.sqrt(8)
+    logits[:, :, 5:, [1, 3]] += 2.0
+    expected = (logits.softmax(-1) @ v[:2]).transpose(1, 2).reshape(2, 11, 16)
+    torch.testing.assert_close(out[:2], expected)
+    text_rows = plain[:2].reshape(2, 11, 2, 8)[:, :5]
+    torch.testing.assert_close(out[:2].reshape(2, 11, 2, 8)[:, :5], text_rows)
+    # Not this call's joint sequence (SD3.5's image self-attention): the layer's own attention.
+    q6, k6, v6 = (t[:, :, 5:] for t in (q, k, v))
+    assert torch.equal(call(attention_pytorch, q6, k6, v6, 2, skip_reshape=True),
+                       attention_pytorch(q6, k6, v6, 2, skip_reshape=True))
+
+
+def test_dit_models_need_all_layers_and_the_encoded_prompt(comfyui, families):
+    model, clip, tokens, width, pooled, channels = families["Flux"]
+    node = comfyui.node("SesaHandHandAttention")
+    with pytest.raises(ValueError, match="Flux is a DiT model: it has no decoder layers; set "
+                                         "layers to 'all'"):
+        node.execute(model=model, clip=clip, **hand_inputs(prompt=FAMILY_PROMPT))
+    long_prompt = FAMILY_PROMPT + " in a garden" * 80
+    patched = node.execute(model=model, clip=clip,
+                           **hand_inputs(prompt=long_prompt, layers="all"))[0]
+    cond, uncond = (family_conditioning(s, tokens, width, pooled) for s in (1, 2))
+    with pytest.raises(ValueError, match="but the positive conditioning has 256"):
+        family_sample(patched, cond, uncond, channels)
+
+
+def test_unsupported_families_are_named(comfyui, ae, clip):
+    import types
+
+    class WAN21_T2V:  # noqa: N801 - ComfyUI's configuration class name
+        pass
+
+    video = types.SimpleNamespace(model=types.SimpleNamespace(model_config=WAN21_T2V()),
+                                  get_model_object=lambda name: torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="does not support WAN21_T2V models .Linear.: it works "
+                                         "on SD1.x, SD2.x, SDXL"):
+        comfyui.node("SesaHandHandAttention").execute(model=video, clip=clip, **hand_inputs())

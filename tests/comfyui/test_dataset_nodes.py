@@ -88,7 +88,7 @@ def test_json_inputs_are_checked_before_running(comfyui):
 
 
 def test_saves_one_sample_per_image_with_its_frame(comfyui, rendered, checkpoint):
-    mesh, depth, normal, _, mask, hands = rendered
+    mesh, depth, normal, _, mask, hands, _ = rendered  # the last: arm_mask
     images = torch.rand(2, H, W, 3)
     kwargs = dict(images=images, hands=hands, dataset="datasets/run1", prompt="two hands", seed=42,
                   semantics='{"action": "clapping"}', sampler_settings='{"steps": 4, "cfg": 7.5}',

@@ -166,7 +166,8 @@ def test_hand_pose_rejects_inverted_box_sizes(comfyui):
 
 def test_render_conditions_outputs(rendered):
     out, _ = rendered
-    mesh, depth, normal, pose, mask, hands = out.args
+    mesh, depth, normal, pose, mask, hands, arm_mask = out.args
+    assert arm_mask.shape == (2, H, W) and not arm_mask.any()  # arm "none"
     for image in (mesh, depth, normal, pose):
         assert image.shape == (2, H, W, 3) and image.dtype == torch.float32
         assert image.device.type == "cpu" and 0.0 <= image.min() and image.max() <= 1.0
@@ -233,3 +234,20 @@ def test_export_mesh_writes_glb_for_preview3d(comfyui, rendered):
     assert sum(len(g.vertices) for g in scene.geometry.values()) == \
         sum(len(m.vertices) for m in hands.meshes[0])
     assert node.execute(hands=hands, filename_prefix="sesahand/test")[0] == "sesahand/test_00003_.glb"
+
+
+def test_render_conditions_with_forearms(comfyui, anny):
+    """arm=forearm: the arm in the maps and its own mask, arm joints in the labels (the Anny
+    body is built into the shared cache on first use)."""
+    pose = comfyui.node("SesaHandHandPose").execute(**pose_inputs())[0]
+    node = comfyui.node("SesaHandRenderConditions")
+    assert "arm 'shoulder' is unknown" in node.validate_inputs(arm="shoulder")
+    mesh, _, _, pose_image, mask, hands, arm_mask = node.execute(
+        hand_model=anny, pose=pose, **render_inputs(arm="forearm")).args
+    plain = node.execute(hand_model=anny, pose=pose, **render_inputs()).args
+    assert arm_mask.shape == mask.shape and arm_mask.sum() > 100
+    assert not ((arm_mask > 0) & (mask > 0)).any()
+    assert (mesh.amax(-1)[arm_mask > 0] > 0).all()
+    assert not torch.equal(pose_image, plain[3])  # the forearm's OpenPose body limb
+    arm = hands.frame_dict(0)["hands"][0]["arm"]
+    assert arm["kind"] == "forearm" and arm["joint_names"] == ["wrist", "elbow"]

@@ -21,7 +21,8 @@ from tools.comfy_server import comfy_command, running_server
 pytestmark = pytest.mark.comfyui
 
 REPO = Path(__file__).resolve().parents[2]
-NAMES = ("sesahand_generate", "sesahand_random_batch", "sesahand_with_handrefiner_depth", "sesahand_from_photo")
+NAMES = ("sesahand_generate", "sesahand_random_batch", "sesahand_with_handrefiner_depth", "sesahand_from_photo",
+         "sesahand_sdxl_union", "sesahand_sd15_depth_openpose")
 
 
 @pytest.fixture(scope="module")
