@@ -83,10 +83,11 @@ def test_choose_crop_keeps_hands_inside():
 
 def test_tokenize_marks_hand_words(tokenizer):
     vocab = {i: t for t, i in tokenizer.get_vocab().items()}
-    ids, mask = tokenize_prompt(tokenizer, vocab, "a person waving a hand near the sea", ["sea"])
+    ids, weights, mask = tokenize_prompt(tokenizer, vocab, "a person waving a hand near the sea", ["sea"])
     words = [vocab[int(i)] for i in ids[mask]]
     assert words == ["waving</w>", "hand</w>", "sea</w>"]
     assert ids.shape == (77,) and ids[0] == tokenizer.bos_token_id and not mask[0]
+    assert torch.equal(weights, torch.ones(77))
 
 
 def test_dataset_items_and_determinism(toy_records, tokenizer, tmp_path):
