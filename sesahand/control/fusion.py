@@ -177,22 +177,36 @@ def _pool_keys(x: torch.Tensor, grid: tuple[int, int], common: tuple[int, int],
 
 def _chunk_maps(q: torch.Tensor, k_t: torch.Tensor, v_h: torch.Tensor, start: int, stop: int,
                 fusion: str, grid: tuple[int, int], common: tuple[int, int],
-                cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                cells: torch.Tensor, buffers: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One query chunk: attention output (B, heads, rows, d) and the chunk's map aggregate.
 
     ``q``: (B, N, heads * d); ``k_t``: (B, heads, d, N) float32 keys scaled by 1/sqrt(d);
     ``v_h``: (B, heads, N, d). Logits and softmax are float32 with autocast off. The
     aggregate: ``"tokens"``: (B, G, G) max over the chunk's queries and each cell's keys of the
     head-summed map; ``"gate"``: (B, N) the map summed over heads and the chunk's queries.
+    ``buffers`` (no autograd only): flat float32 tensors ``"p"`` and ``"sum"`` of one chunk's
+    size, reused across chunks (no allocation, no fresh pages per chunk); the softmax is then
+    computed in place (same formula).
     """
     b, heads, d, n = k_t.shape
+    rows = stop - start
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q_chunk = q[:, start:stop].reshape(b, stop - start, heads, d).transpose(1, 2).to(k_t.dtype)
-        p = torch.softmax(torch.matmul(q_chunk, k_t), dim=-1)  # (B, heads, rows, N) float32
+        q_chunk = q[:, start:stop].reshape(b, rows, heads, d).transpose(1, 2).to(k_t.dtype)
+        if buffers is None:
+            p = torch.softmax(torch.matmul(q_chunk, k_t), dim=-1)  # (B, heads, rows, N) float32
+        else:
+            p = buffers["p"][:b * heads * rows * n].view(b, heads, rows, n)
+            torch.matmul(q_chunk, k_t, out=p)
+            p.sub_(p.amax(dim=-1, keepdim=True)).exp_()
+            p.div_(p.sum(dim=-1, keepdim=True))
         out = torch.matmul(p.to(v_h.dtype), v_h)
         if fusion == "tokens":  # head sum now, / heads after the max (same result)
             gh, gw = common
-            keys = _pool_keys(p.sum(dim=1), grid, common, cells)  # (B, rows, G)
+            if buffers is None:
+                summed = p.sum(dim=1)
+            else:
+                summed = torch.sum(p, dim=1, out=buffers["sum"][:b * rows * n].view(b, rows, n))
+            keys = _pool_keys(summed, grid, common, cells)  # (B, rows, G)
             agg = pool_cells(keys, cells[start:stop], gh * gw, dim=1)  # (B, G, G)
         else:
             agg = p.sum(dim=(1, 2))
@@ -289,14 +303,18 @@ class SelfAttentionMaps:
         recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         agg = None
         out = v.new_empty((b, n, heads, d))
-        rows = max(1, chunk // (b * heads * n))
+        rows = min(n, max(1, chunk // (b * heads * n)))
+        buffers = None
+        if not recompute:  # one chunk's buffers, reused: no allocation churn per chunk
+            buffers = {"p": k_t.new_empty(b * heads * rows * n),
+                       "sum": k_t.new_empty(b * rows * n if self.fusion == "tokens" else 0)}
         for start in range(0, n, rows):
             stop = min(n, start + rows)
             args = (q, k_t, v_h, start, stop, self.fusion, (h, w), self.common_grid, cells)
             if recompute:
                 out_chunk, part = torch.utils.checkpoint.checkpoint(_chunk_maps, *args, use_reentrant=False)
             else:
-                out_chunk, part = _chunk_maps(*args)
+                out_chunk, part = _chunk_maps(*args, buffers)
             out[:, start:stop] = out_chunk.transpose(1, 2)
             if agg is None:
                 agg = part

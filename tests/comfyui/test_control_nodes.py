@@ -231,8 +231,8 @@ def test_apply_node_sets_the_chunk_and_keeps_the_file_s_hierarchy(comfyui, cm, s
         assert control.fusion == cm.FusionSettings("gate", 0.5, "sum") and control.chunk_elements == (chunk or None)
         assert control.copy().chunk_elements == control.chunk_elements
         results[chunk] = flat(run_control(control, x))
-    for a, b in zip(results[0], results[4096]):  # the chunk size never changes the result
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(results[0], results[4096]):  # the chunk size never changes the result (but rounding)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
     with pytest.raises(ValueError, match="attention_chunk must be an integer from 0"):
         apply.execute(**inputs, attention_chunk=-1)
 
