@@ -61,7 +61,7 @@ from ..hands.base import mirror_params
 from ..hands.types import Camera, HandParams, HandScene
 from ..io import atomic_path
 from .config import AugmentConfig, DataConfig, SourceConfig
-from .prompts import MAX_TOKENS, tokenize_prompt
+from .prompts import tokenize_prompt
 
 log = logging.getLogger(__name__)
 
