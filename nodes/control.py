@@ -128,7 +128,7 @@ class SesaHandApplyHandControl(io.ComfyNode):
                                tooltip="With fusion tokens or gate: blend weight w, 1 = the "
                                        "paper's fusion, 0 = none."),
                 io.Int.Input("attention_chunk", default=0, min=0, max=MAX_CHUNK_ELEMENTS,
-                             step=CPU_CHUNK_ELEMENTS // 8,
+                             step=CPU_CHUNK_ELEMENTS // 8, optional=True,
                              tooltip="Structural fusion computes attention maps in chunks of this "
                                      "many logits. 0 = chosen for the device (CPU: 2M; GPU: by "
                                      "free memory). Changes speed and memory, never the image."),
