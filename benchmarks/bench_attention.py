@@ -115,6 +115,9 @@ def random_patcher(model):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        for b in model.diffusion_model.buffers():  # torch.empty buffers (MMDiT's pos_embed)
+            if b.is_floating_point():
+                b.copy_(torch.randn(b.shape, generator=g) * 0.02)
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 

@@ -2,7 +2,7 @@
 then the hand-attention (AE) / plain UNet step ratio, so one run prints every figure.
 
 Usage:
-    python benchmarks/bench_control.py [--rounds N] [--no-ae]
+    python benchmarks/bench_control.py [--rounds N] [--rounds-512 N] [--no-ae]
 
 The AE part runs ``benchmarks/bench_attention.py`` in a subprocess (its own ComfyUI
 attention settings) and prints its output; see that file for its method.
@@ -19,11 +19,14 @@ Each comparison is run twice, with core's attention set to ComfyUI's CPU default
 uses it everywhere, the SF forward for its cross-attention (SF computes its self-attention
 and maps itself).
 
-Speed, 32 x 32 latent (256 x 256 pixels): the per-step time of the SF forward
-(``fusion="tokens"`` and ``"gate"``, w = 1) over core's plain forward, measured alternately in
-this process: variants run back to back in each round, the ratio is taken within each round
-and its median over rounds is printed (robust to other load on the machine changing between
-rounds); medians and minima of the times are printed too. Target: ratio <= 1.10.
+Speed, at 64 x 64 (512 x 512 pixels: token grids 64, 32, 16, 8, the grid that costs SF most)
+with PyTorch SDPA and at 32 x 32 (256 x 256 pixels) with both attentions: the per-step time of
+the SF forward (``fusion="tokens"`` and ``"gate"``, w = 1, balanced hierarchy, the CPU chunk
+size of ``default_chunk_elements``) over core's plain forward, measured alternately in this
+process: variants run back to back in each round, the ratio is taken within each round and
+its median over rounds is printed (robust to other load on the machine changing between
+rounds), with the ratio of the minima; medians and minima of the times are printed too.
+Target: ratio <= 1.10 at 512 px with SDPA.
 
 Memory, 64 x 64 latent (512 x 512 pixels, token grids 64, 32, 16, 8): one forward per fresh
 subprocess; peak resident memory (ru_maxrss) in total and above the resident memory just
@@ -111,7 +114,7 @@ def forward(cm, model, variant, x, hint, t, context):
                                      else attention.attention_sub_quad)
     if fusion == "plain":
         return model(x=x, hint=hint, timesteps=t, context=context)
-    return cm.sf_forward(model, x, hint, t, context, cm.FusionSettings(fusion, 1.0))
+    return cm.sf_forward(model, x, hint, t, context, cm.FusionSettings(fusion, 1.0, "balanced"))
 
 
 def memory_child(variant: str, size: int) -> None:
@@ -138,24 +141,44 @@ def measure_memory(size: int) -> dict[str, dict]:
     return results
 
 
-def measure_speed(cm, rounds: int, size: int) -> dict[str, list[float]]:
+def measure_speed(cm, rounds: int, size: int, variants) -> dict[str, list[float]]:
     model = build_controlnet()
     data = inputs(size)
-    times = {v: [] for v in VARIANTS}
+    times = {v: [] for v in variants}
     with torch.no_grad():
-        for variant in VARIANTS:  # warm-up
+        for variant in variants:  # warm-up
             forward(cm, model, variant, *data)
-        for _ in range(rounds):
-            for variant in VARIANTS:
+        for r in range(rounds):
+            for variant in variants[::1 if r % 2 else -1]:  # alternate the order: cancels drift
                 start = time.perf_counter()
                 forward(cm, model, variant, *data)
                 times[variant].append(time.perf_counter() - start)
     return times
 
 
+def report_speed(times: dict[str, list[float]], size: int, rounds: int) -> dict[str, float]:
+    """Print the step times and the SF / plain ratios of one size; returns the median ratios."""
+    print(f"\nstep time, {size}x{size} latent ({8 * size} px), {rounds} rounds, median (min):")
+    for v, t in times.items():
+        print(f"  {v:15s} {statistics.median(t):7.3f} s ({min(t):.3f})")
+    ratios = {}
+    for attention in ATTENTIONS:
+        base = f"plain/{attention}"
+        if base not in times:
+            continue
+        for sf in (f"tokens/{attention}", f"gate/{attention}"):
+            per_round = [a / b for a, b in zip(times[sf], times[base])]
+            ratios[sf] = statistics.median(per_round)
+            print(f"  ratio {sf} / {base} at {8 * size} px: {ratios[sf]:.3f} (per-round median; range "
+                  f"{min(per_round):.3f}-{max(per_round):.3f}; of minima {min(times[sf]) / min(times[base]):.3f})"
+                  "  target <= 1.10")
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds at 256 px")
+    parser.add_argument("--rounds-512", type=int, default=3, help="rounds at 512 px")
     parser.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
     parser.add_argument("--no-ae", action="store_true", help="skip the AE / plain UNet part")
@@ -166,18 +189,10 @@ def main() -> None:
 
     cm = import_comfy()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; SD1.5-shaped ControlNet, "
-          "batch 2, float32, CPU")
-    times = measure_speed(cm, opts.rounds, 32)
-    med = {v: statistics.median(t) for v, t in times.items()}
-    print(f"\nstep time, 32x32 latent, median of {opts.rounds} (min):")
-    for v in VARIANTS:
-        print(f"  {v:15s} {med[v]:7.3f} s ({min(times[v]):.3f})")
-    for attention in ATTENTIONS:
-        base = f"plain/{attention}"
-        for sf in (f"tokens/{attention}", f"gate/{attention}"):
-            ratios = [a / b for a, b in zip(times[sf], times[base])]
-            print(f"  ratio {sf} / {base}: {statistics.median(ratios):.3f} (per-round median; "
-                  f"range {min(ratios):.3f}-{max(ratios):.3f})  target <= 1.10")
+          f"batch 2, float32, CPU; SF chunk {cm.default_chunk_elements('cpu')} logits")
+    sdpa = tuple(f"{fusion}/sdpa" for fusion in FUSIONS)
+    ratios_512 = report_speed(measure_speed(cm, opts.rounds_512, 64, sdpa), 64, opts.rounds_512)
+    ratios_256 = report_speed(measure_speed(cm, opts.rounds, 32, VARIANTS), 32, opts.rounds)
 
     mem = measure_memory(64)
     mib = 1 << 20
@@ -186,12 +201,20 @@ def main() -> None:
         m = mem[v]
         note = "" if m["peak"] > m["maxrss_before"] else "  (peak not above start-up; increment unreliable)"
         print(f"  {v:15s} {m['peak'] / mib:8.0f} / {(m['peak'] - m['before']) / mib:6.0f}{note}")
+    memory_ratios = {}
     for attention in ATTENTIONS:
         b = mem[f"plain/{attention}"]
         for sf in (f"tokens/{attention}", f"gate/{attention}"):
-            s = mem[sf]
-            print(f"  ratio {sf} / plain/{attention}: total {s['peak'] / b['peak']:.3f}, above "
-                  f"weights {(s['peak'] - s['before']) / (b['peak'] - b['before']):.3f}  target <= 1.2")
+            s_ = mem[sf]
+            memory_ratios[sf] = s_["peak"] / b["peak"]
+            print(f"  ratio {sf} / plain/{attention}: total {memory_ratios[sf]:.3f}, above "
+                  f"weights {(s_['peak'] - s_['before']) / (b['peak'] - b['before']):.3f}  target <= 1.2")
+
+    print("\nsummary (SF / plain, PyTorch SDPA, CPU):")
+    for fusion in ("tokens", "gate"):
+        v = f"{fusion}/sdpa"
+        print(f"  {fusion:6s} step at 512 px {ratios_512[v]:.3f}, at 256 px {ratios_256[v]:.3f} (target <= 1.10); "
+              f"peak memory at 512 px {memory_ratios[v]:.3f} (target <= 1.2)")
 
     if not opts.no_ae:
         print("\nhand attention (AE) / plain UNet, 32x32 latent (benchmarks/bench_attention.py):", flush=True)

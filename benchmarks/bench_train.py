@@ -3,6 +3,7 @@ memory scaling law with an estimate for 512 x 512 fp16 training on a 24 GB GPU.
 
 Usage:
     python benchmarks/bench_train.py [--rounds N] [--size S] [--mem-sizes S1 S2 S3] [--table PATH]
+    python benchmarks/bench_train.py --only-512      # just the 512 x 512 memory ratio
 
 Model: SD1.5's UNet and ControlNet shapes (diffusers defaults with cross-attention 768:
 320/640/1280/1280 channels, 2 res blocks per level, transformers on the first three levels and
@@ -22,7 +23,18 @@ over rounds printed (robust to other load changing between rounds), with the rat
 minima. Target: sf+ae / plain <= 1.10. On a shared machine other load still moves single
 rounds by 10-20 %: read both ratios.
 
-Memory: one forward + backward per fresh subprocess (no optimizer); a thread samples the
+Memory at 512 x 512 (64 x 64 latent, token grids 64/32/16/8 as SD1.5's), measured: a
+reduced-width UNet and ControlNet (channels 32/64/128/128, 8 heads; SD1.5's layout and grids),
+one forward + backward per fresh subprocess (glibc's mmap threshold fixed at 1 MiB so resident
+memory follows live tensors, see ``memory_child``), peak resident memory above the start for
+``sf+ae`` and ``sf(gate)+ae`` over ``plain``. Target: <= 1.3. The reduced width makes the ratio
+stricter: activations shrink with the width, attention maps (heads x N^2) do not. SF keeps no
+attention map for backward (each query chunk is recomputed, ``sesahand.control.fusion``), so
+its extra memory is q, k, v copies and small per-chunk aggregates, plus one chunk's maps at a
+time during backward.
+
+Memory scaling: one forward + backward per fresh subprocess (no optimizer, glibc's mmap
+threshold fixed at 1 MiB, see ``memory_child``); a thread samples the
 process's resident memory (/proc/self/statm) every millisecond; printed is the peak resident
 memory above the resident memory just before the step (weights and inputs loaded), i.e.
 activations + the ControlNet's float32 gradients, and activations alone (that minus the
@@ -63,13 +75,18 @@ GIB = 1 << 30
 CUDA_OVERHEAD_GIB = 0.8
 
 
-def build(seed: int = 0):
-    """(SD15 with SD1.5-shaped UNet and stand-in VAE / text encoder, FusedControlNet, HandAttention)."""
+#: The reduced-width UNet / ControlNet of the 512 x 512 memory measurement (SD1.5's layout).
+REDUCED = {"block_out_channels": (32, 64, 128, 128), "attention_head_dim": 8, "norm_num_groups": 32}
+
+
+def build(seed: int = 0, reduced: bool = False):
+    """(SD15 with SD1.5-shaped UNet and stand-in VAE / text encoder, FusedControlNet, HandAttention);
+    ``reduced``: the UNet (and so the ControlNet) at :data:`REDUCED` widths."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(cross_attention_dim=768)
+    unet = UNet2DConditionModel(cross_attention_dim=768, **(REDUCED if reduced else {}))
     vae = AutoencoderKL(block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1)
     text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=1,
@@ -126,15 +143,26 @@ def _resident() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def memory_child(variant: str, size: int, checkpointing: bool) -> None:
-    sd, fused, hand = build()
+#: glibc ``mallopt`` parameter of the mmap threshold.
+M_MMAP_THRESHOLD = -3
+
+
+def memory_child(variant: str, size: int, checkpointing: bool, reduced: bool = False) -> None:
+    # A fixed 1 MiB mmap threshold: glibc's dynamic threshold otherwise keeps freed chunk-sized
+    # blocks (SF's per-chunk maps, recomputed in backward) in the heap, where interleaved small
+    # live tensors pin them, so resident memory grows with allocations already freed. With it,
+    # resident memory follows the live tensors (as a GPU's caching allocator would); the same
+    # for every variant.
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    sd, fused, hand = build(reduced=reduced)
     if checkpointing:
         fused.controlnet.enable_gradient_checkpointing()
         sd.unet.enable_gradient_checkpointing()
     data = batch(sd, size)
     handle = select(fused, hand, variant)
     grads = sum(p.numel() * 4 for p in fused.parameters())
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    libc.malloc_trim(0)
     before = _resident()
     peak, running = [before], [True]
 
@@ -153,10 +181,12 @@ def memory_child(variant: str, size: int, checkpointing: bool) -> None:
     print(json.dumps({"above": above, "grads": grads, "activations": above - grads}))
 
 
-def measure_memory(variant: str, size: int, checkpointing: bool) -> dict:
+def measure_memory(variant: str, size: int, checkpointing: bool, reduced: bool = False) -> dict:
     command = [sys.executable, __file__, "--memory-child", variant, "--size", str(size)]
     if checkpointing:
         command.append("--checkpointing")
+    if reduced:
+        command.append("--reduced")
     run = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -235,6 +265,20 @@ def write_table(path: Path, rows: list[dict], measured: dict, sizes: dict[str, i
     path.write_text("\n".join(lines))
 
 
+def measure_512() -> dict[str, float]:
+    """Peak memory of a training step at 512 x 512 (64 x 64 latent), reduced widths, SF+AE / plain."""
+    print("\npeak resident memory above weights+inputs, 512x512 (64x64 latent), reduced widths "
+          f"{REDUCED['block_out_channels']}, one forward+backward per process (MiB):")
+    measured = {v: measure_memory(v, 64, False, reduced=True) for v in VARIANTS}
+    for variant, m in measured.items():
+        print(f"  {variant:12s} {m['above'] / MIB:7.0f}")
+    ratios = {v: measured[v]["above"] / measured["plain"]["above"] for v in VARIANTS if v != "plain"}
+    for variant, ratio in ratios.items():
+        print(f"  memory ratio {variant} / plain at 512 px: {ratio:.3f}  target <= 1.3: "
+              f"{'met' if ratio <= 1.3 else 'NOT met'}")
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -243,12 +287,17 @@ def main() -> None:
     parser.add_argument("--table", type=Path, help="write the memory table (Markdown) here")
     parser.add_argument("--memory-child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--reduced", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--only-512", action="store_true", help="only the 512 x 512 memory ratio")
     opts = parser.parse_args()
     if opts.memory_child:
-        memory_child(opts.memory_child, opts.size, opts.checkpointing)
+        memory_child(opts.memory_child, opts.size, opts.checkpointing, opts.reduced)
         return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, float32, batch 1")
+    memory_512 = measure_512()
+    if opts.only_512:
+        return
     times = measure_speed(opts.rounds, opts.size)
     print(f"\nstep time, {opts.size}x{opts.size} latent ({8 * opts.size}x{8 * opts.size} px), {opts.rounds} rounds:")
     ratios = {}
@@ -296,7 +345,10 @@ def main() -> None:
         print(f"  {row['variant']:6s} ckpt {'on ' if row['checkpointing'] else 'off'} batch {row['batch']}: "
               f"{row['gib']:5.1f} (8-bit Adam {row['gib_8bit_adam']:5.1f})")
     speed = (f"Step time on the CPU ({opts.size}x{opts.size} latent, batch 1, same run): SF+AE / plain = "
-             f"{ratios['sf+ae']:.3f} (tokens), {ratios['sf(gate)+ae']:.3f} (gate); target <= 1.10.")
+             f"{ratios['sf+ae']:.3f} (tokens), {ratios['sf(gate)+ae']:.3f} (gate); target <= 1.10.\n"
+             f"Peak memory of a training step (forward + backward) at 512 x 512, measured (reduced widths, "
+             f"SD1.5's grids): SF+AE / plain = {memory_512['sf+ae']:.3f} (tokens), "
+             f"{memory_512['sf(gate)+ae']:.3f} (gate); target <= 1.3.")
     if opts.table:
         write_table(opts.table, rows, measured, sizes, speed)
         print(f"\ntable written to {opts.table}")

@@ -8,13 +8,17 @@ import os
 import torch
 from comfy_api.latest import io
 
-from ..sesahand.control import FusionSettings
+from ..sesahand.control import ATTENTION_LAYERS, CPU_CHUNK_ELEMENTS, FusionSettings
 from .control_model import SesaHandControlNet, controlnet_names, controlnet_path, load_controlnet
 
 #: Fusion override choices of Apply Hand Control.
 FUSION_CHOICES = ("from file", "off", "tokens", "gate")
 #: AE bias reported when a file gives none (the paper's best, docs/method.md).
 DEFAULT_ALPHA = 2.0
+#: AE layers reported when a file gives none (the Hand Attention nodes' default).
+DEFAULT_LAYERS = "decoder"
+#: Largest SF attention chunk the Apply node accepts (float32: 1 GiB per buffer).
+MAX_CHUNK_ELEMENTS = 1 << 28
 
 
 class SesaHandLoadControlNet(io.ComfyNode):
@@ -28,7 +32,9 @@ class SesaHandLoadControlNet(io.ComfyNode):
             category="SesaHand/control",
             description="Loads an SD1.5 ControlNet from the controlnet or sesahand model folders. "
                         "SesaHand weights carry their structural-fusion settings, AE bias and "
-                        "condition style in the file; other ControlNets load with fusion off.",
+                        "layers and condition style in the file; other ControlNets load with "
+                        "fusion off. Link alpha and layers into the Hand Attention node so it "
+                        "runs as the weights were trained.",
             inputs=[
                 io.Combo.Input("control_net_name", options=controlnet_names(),
                                tooltip="An SD1.5 ControlNet file: any file of models/controlnet, "
@@ -46,6 +52,11 @@ class SesaHandLoadControlNet(io.ComfyNode):
                                  tooltip="Condition image the weights expect (mesh, depth, normal, "
                                          "pose or mask output of Render Conditions); empty when "
                                          "the file does not say."),
+                io.Combo.Output("layers", display_name="layers", options=list(ATTENTION_LAYERS),
+                                tooltip="Cross-attention layers that had the hand attention bias in "
+                                        "training (sesahand.attention_layers); link it to the Hand "
+                                        f"Attention node's layers. {DEFAULT_LAYERS} when the file "
+                                        "does not say."),
             ],
         )
 
@@ -68,17 +79,18 @@ class SesaHandLoadControlNet(io.ComfyNode):
     @classmethod
     def execute(cls, control_net_name: str) -> io.NodeOutput:
         control = load_controlnet(controlnet_path(control_net_name), control_net_name)
-        alpha = control.metadata.alpha
-        return io.NodeOutput(control, DEFAULT_ALPHA if alpha is None else alpha,
-                             control.metadata.render_style or "")
+        metadata = control.metadata
+        return io.NodeOutput(control, DEFAULT_ALPHA if metadata.alpha is None else metadata.alpha,
+                             metadata.render_style or "", metadata.attention_layers or DEFAULT_LAYERS)
 
 
 def _fusion(control: SesaHandControlNet, choice: str, weight: float) -> FusionSettings:
+    """The SF settings of ``choice``; an override keeps the file's hierarchy."""
     if choice == "from file":
         return control.fusion
     if choice == "off":
-        return FusionSettings(control.fusion.fusion, 0.0)
-    return FusionSettings(choice, weight)
+        return FusionSettings(control.fusion.fusion, 0.0, control.fusion.hierarchy)
+    return FusionSettings(choice, weight, control.fusion.hierarchy)
 
 
 class SesaHandApplyHandControl(io.ComfyNode):
@@ -115,6 +127,11 @@ class SesaHandApplyHandControl(io.ComfyNode):
                 io.Float.Input("fusion_weight", default=1.0, min=0.0, max=1.0, step=0.05,
                                tooltip="With fusion tokens or gate: blend weight w, 1 = the "
                                        "paper's fusion, 0 = none."),
+                io.Int.Input("attention_chunk", default=0, min=0, max=MAX_CHUNK_ELEMENTS,
+                             step=CPU_CHUNK_ELEMENTS // 8, optional=True,
+                             tooltip="Structural fusion computes attention maps in chunks of this "
+                                     "many logits. 0 = chosen for the device (CPU: 2M; GPU: by "
+                                     "free memory). Changes speed and memory, never the image."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional: where the control acts (1 full, 0 none), e.g. "
                                       "the hand mask of Render Conditions grown a little; "
@@ -131,7 +148,7 @@ class SesaHandApplyHandControl(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, control_net, image: torch.Tensor, strength: float,
                 start_percent: float, end_percent: float, fusion: str, fusion_weight: float,
-                mask: torch.Tensor | None = None) -> io.NodeOutput:
+                attention_chunk: int = 0, mask: torch.Tensor | None = None) -> io.NodeOutput:
         if not isinstance(control_net, SesaHandControlNet):
             raise ValueError(f"control_net: got a {type(control_net).__name__}; connect SesaHand Load "
                              "ControlNet (or use core Apply ControlNet for this one)")
@@ -147,6 +164,9 @@ class SesaHandApplyHandControl(io.ComfyNode):
         if image.shape[-1] != hint_channels:
             raise ValueError(f"image has {image.shape[-1]} channels, the ControlNet takes "
                              f"{hint_channels}: connect an RGB image")
+        if not isinstance(attention_chunk, int) or not 0 <= attention_chunk <= MAX_CHUNK_ELEMENTS:
+            raise ValueError(f"attention_chunk must be an integer from 0 (automatic) to {MAX_CHUNK_ELEMENTS}, "
+                             f"got {attention_chunk!r}")
         if strength == 0:
             return io.NodeOutput(positive, negative)
         settings = _fusion(control_net, fusion, fusion_weight)
@@ -164,6 +184,7 @@ class SesaHandApplyHandControl(io.ComfyNode):
                 if previous not in applied:
                     c = control_net.copy().set_cond_hint(hint, strength, (start_percent, end_percent))
                     c.fusion = settings
+                    c.chunk_elements = attention_chunk or None
                     c.mask = mask
                     applied[previous] = c.set_previous_controlnet(previous)
                 d["control"] = applied[previous]

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
-from ..sesahand.control import (DEFAULT_CHUNK_ELEMENTS, ControlMetadata, FusionSettings,
-                                SelfAttentionMaps, coarsest_grid, read_control_metadata, refine)
+from ..sesahand.control import (ControlMetadata, FusionSettings, SelfAttentionMaps, chunk_memory_bytes,
+                                coarsest_grid, default_chunk_elements, read_control_metadata, refine)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ OTHER_FAMILIES = (
 
 def sf_forward(cldm: comfy.cldm.cldm.ControlNet, x: torch.Tensor, hint: torch.Tensor,
                timesteps: torch.Tensor, context: torch.Tensor, settings: FusionSettings,
-               max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> dict[str, list[torch.Tensor]]:
+               max_chunk_elements: int | None = None) -> dict[str, list[torch.Tensor]]:
     """Core's cldm ControlNet forward with structural fusion (eq. SF-1..3).
 
     Args:
@@ -60,15 +60,16 @@ def sf_forward(cldm: comfy.cldm.cldm.ControlNet, x: torch.Tensor, hint: torch.Te
         x: (B, 4, h, w) model input latent; hint: (B, 3, 8h, 8w) condition image;
         timesteps: (B,) model timesteps; context: (B, T, 768) text tokens; all in the
             control model's dtype and device.
-        settings: SF reading and blend weight.
-        max_chunk_elements: attention chunk size (see ``SelfAttentionMaps``).
+        settings: SF reading, blend weight and hierarchy.
+        max_chunk_elements: attention chunk size (see ``SelfAttentionMaps``); None: chosen for
+            x's device (``default_chunk_elements``).
 
     Returns:
         ``{"middle": [1 tensor], "output": [one per input block]}`` like core's forward:
         zero-convolution outputs of the refined control features, input-block order.
     """
     common = coarsest_grid(tuple(x.shape[-2:]), len(cldm.channel_mult) - 1)
-    maps = SelfAttentionMaps(settings.fusion, common, max_chunk_elements)
+    maps = SelfAttentionMaps(settings.fusion, common, max_chunk_elements, settings.hierarchy)
 
     def attn1(q, k, v, extra_options):
         grid = tuple(extra_options["activations_shape"][-2:])
@@ -120,7 +121,8 @@ class SesaHandControlNet(comfy.controlnet.ControlBase):
     through ``previous_controlnet``); with ``fusion.w == 0`` it calls core's forward, so the
     residuals are exactly core's. Adds SF (``fusion``) and an optional ``mask`` (B, H, W) in
     [0, 1] that scales every residual where the control acts (resized like the hint, then
-    area-averaged to each residual's grid).
+    area-averaged to each residual's grid), and ``chunk_elements``: SF's attention chunk size
+    (None: chosen per device by ``default_chunk_elements``; results do not depend on it).
 
     Args:
         patcher: ``ModelPatcher`` of the cldm ControlNet (shared by copies).
@@ -136,6 +138,7 @@ class SesaHandControlNet(comfy.controlnet.ControlBase):
         self.manual_cast_dtype = manual_cast_dtype
         self.metadata = metadata
         self.fusion = metadata.fusion
+        self.chunk_elements: int | None = None
         self.mask = None
         self.cond_mask = None
         self.model_sampling_current = None
@@ -149,6 +152,7 @@ class SesaHandControlNet(comfy.controlnet.ControlBase):
     def copy_to(self, c):
         super().copy_to(c)
         c.fusion = self.fusion
+        c.chunk_elements = self.chunk_elements
         c.mask = self.mask
 
     def get_models(self):
@@ -168,9 +172,12 @@ class SesaHandControlNet(comfy.controlnet.ControlBase):
         self.cond_mask = None
         super().cleanup()
 
+    def _chunk(self, device) -> int:
+        return self.chunk_elements or default_chunk_elements(device)
+
     def inference_memory_requirements(self, dtype):
-        # SF's attention keeps about three float32 chunks of logits alive at once.
-        extra = 3 * DEFAULT_CHUNK_ELEMENTS * 4 if self.fusion.active else 0
+        # SF's attention keeps a few float32 chunks of logits alive at once.
+        extra = chunk_memory_bytes(self._chunk(self.control_model_wrapped.load_device)) if self.fusion.active else 0
         return extra + super().inference_memory_requirements(dtype)
 
     def _prepare_hint(self, x: torch.Tensor, dtype: torch.dtype) -> None:
@@ -208,7 +215,8 @@ class SesaHandControlNet(comfy.controlnet.ControlBase):
         x = self.model_sampling_current.calculate_input(t, x_noisy).to(dtype)
 
         if self.fusion.active:
-            control = sf_forward(self.control_model, x, hint, timestep, context, self.fusion)
+            control = sf_forward(self.control_model, x, hint, timestep, context, self.fusion,
+                                 self._chunk(x.device))
         else:
             control = self.control_model(x=x, hint=hint, timesteps=timestep, context=context)
         if self.cond_mask is not None:
@@ -327,7 +335,8 @@ def load_controlnet(path: str, name: str) -> SesaHandControlNet:
     sd = original_layout(comfy.utils.load_torch_file(path, safe_load=True), name)
     check_sd15(sd, name)
     core = comfy.controlnet.load_controlnet_state_dict(sd)
-    log.info("SesaHand ControlNet %s: fusion %s, w %g", name, metadata.fusion.fusion, metadata.fusion.w)
+    log.info("SesaHand ControlNet %s: fusion %s, w %g, hierarchy %s", name, metadata.fusion.fusion,
+             metadata.fusion.w, metadata.fusion.hierarchy)
     return SesaHandControlNet(core.control_model_wrapped, core.manual_cast_dtype, metadata)
 
 

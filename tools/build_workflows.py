@@ -146,8 +146,9 @@ DATASET_LINE = ("SesaHand Save Dataset Sample adds each image with its hand labe
 SESAHAND_HOWTO = (
     "How it works\n\n"
     "The Prompt node feeds both the positive CLIP Text Encode and the sampler's prompt input: "
-    "hand attention biases the hand words of exactly that text (alpha 0 turns it off). The "
-    "latent follows the rendered size and batch (Get Image Size); change width, height and "
+    "hand attention biases the hand words of exactly that text. Its alpha and layers come from "
+    "SesaHand Load ControlNet: the settings the weights were trained with (disconnect them to "
+    "set your own; alpha 0 turns it off). The latent follows the rendered size and batch (Get Image Size); change width, height and "
     "batch_size on SesaHand Render Conditions. The previews show the condition maps.\n\n"
     f"{DATASET_LINE}"
 )
@@ -216,7 +217,8 @@ def _sesahand_workflow(random_pose: bool) -> list[Spec]:
                      "alpha": 2.0, "layers": "decoder", "start_percent": 0.0, "end_percent": 1.0},
              controls={"seed": seed_control},
              links={"model": "checkpoint.MODEL", "positive": "apply.positive", "negative": "apply.negative",
-                    "latent_image": "latent.LATENT", "clip": "checkpoint.CLIP", "prompt": "prompt.STRING"}),
+                    "latent_image": "latent.LATENT", "clip": "checkpoint.CLIP", "prompt": "prompt.STRING",
+                    "alpha": "controlnet.alpha", "layers": "controlnet.layers"}),
         Spec("decode", "VAEDecode", 5, links={"samples": "sampler.LATENT", "vae": "checkpoint.VAE"}),
         Spec("save", "SaveImage", 5, size=(400, 440),
              values={"filename_prefix": "sesahand/random" if random_pose else "sesahand/hand"},

@@ -5,11 +5,13 @@ control features before the zero convolutions) for any ControlNet forward to cal
 ``metadata`` reads and writes SesaHand's settings in a ControlNet's safetensors header.
 """
 
-from .fusion import (DEFAULT_CHUNK_ELEMENTS, FUSION_MODES, FusionSettings, SelfAttentionMaps,
-                     coarsest_grid, grid_cells, pool_cells, refine, refine_gate, refine_tokens)
-from .metadata import RENDER_STYLES, ControlMetadata, parse_control_metadata, read_control_metadata
+from .fusion import (CPU_CHUNK_ELEMENTS, FUSION_MODES, HIERARCHIES, FusionSettings, SelfAttentionMaps,
+                     chunk_memory_bytes, coarsest_grid, default_chunk_elements, grid_cells, pool_cells,
+                     refine, refine_gate, refine_tokens)
+from .metadata import (ATTENTION_LAYERS, RENDER_STYLES, ControlMetadata, parse_control_metadata,
+                       read_control_metadata)
 
-__all__ = ["DEFAULT_CHUNK_ELEMENTS", "FUSION_MODES", "RENDER_STYLES", "ControlMetadata",
-           "FusionSettings", "SelfAttentionMaps", "coarsest_grid", "grid_cells",
-           "parse_control_metadata", "pool_cells", "read_control_metadata", "refine",
-           "refine_gate", "refine_tokens"]
+__all__ = ["ATTENTION_LAYERS", "CPU_CHUNK_ELEMENTS", "FUSION_MODES", "HIERARCHIES", "RENDER_STYLES",
+           "ControlMetadata", "FusionSettings", "SelfAttentionMaps", "chunk_memory_bytes", "coarsest_grid",
+           "default_chunk_elements", "grid_cells", "parse_control_metadata", "pool_cells",
+           "read_control_metadata", "refine", "refine_gate", "refine_tokens"]

@@ -27,12 +27,24 @@ The common grid is the middle block's (8 x 8 at 512 x 512; :func:`coarsest_grid`
 maps grid cell (y, x) of an h x w grid to cell (y * gh // h, x * gw // w) of the gh x gw common
 grid (plain max pooling when the sizes divide, a partition of the cells otherwise).
 
+Balanced hierarchy (``hierarchy``, docs/method.md "Structural fusion choices"): a softmax row
+over r^2 keys has entries of order 1/r^2, so the pooled maps of the 64 x 64 grid are about 64
+times smaller than the 8 x 8 grid's and a plain sum is in effect the middle block's map alone.
+By default (``"balanced"``) each resolution's pooled map is normalised before the sum (rows
+summing to 1 for ``"tokens"``, maximum 1 for ``"gate"``), so every resolution weighs the same;
+``"sum"`` keeps the unnormalised sum of eq. SF-1 as written (for reproduction).
+
 Attention maps are computed explicitly, in query chunks of bounded size, and reduced into the
 aggregates chunk by chunk (:class:`SelfAttentionMaps`); flash attention cannot return them.
-Everything is differentiable (training uses the same functions). ControlNet forwards that
-apply SF (the ComfyUI one is in ``nodes/control_model.py``) route every encoder and middle
-self-attention through :meth:`SelfAttentionMaps.attention`, keep each control feature before
-its zero convolution, and pass it through :func:`refine`.
+Logits and softmax are float32 whatever the input dtype, also under ``torch.autocast`` (which
+is switched off for them). Everything is differentiable (training uses the same functions);
+with gradients each chunk is recomputed in backward (``torch.utils.checkpoint``), so no
+attention map is kept: what SF keeps for backward per layer is q, k, v, the output and one
+small aggregate per chunk, O(B N C + chunks B G^2), and backward holds one chunk's maps at a
+time, O(max_chunk_elements). ControlNet forwards that apply SF (the ComfyUI one is in
+``nodes/control_model.py``) route every encoder and middle self-attention through
+:meth:`SelfAttentionMaps.attention`, keep each control feature before its zero convolution,
+and pass it through :func:`refine`.
 """
 
 from __future__ import annotations
@@ -42,30 +54,65 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 FUSION_MODES = ("tokens", "gate")
+#: How the resolutions' pooled maps are combined (module docstring): normalised each, or summed.
+HIERARCHIES = ("balanced", "sum")
 
-#: Elements of one chunk of attention logits (float32: 8 MiB): bounds the memory SF adds.
-#: Chunks of this size were also the fastest on CPU (cache reuse) at 32x32 and 64x64 grids.
-DEFAULT_CHUNK_ELEMENTS = 1 << 21
+#: Elements of one chunk of attention logits on the CPU (float32: 8 MiB): chunks of this size
+#: were the fastest there (cache reuse) at 32x32 and 64x64 grids.
+CPU_CHUNK_ELEMENTS = 1 << 21
+#: Range of the chunk size on CUDA devices, chosen by free memory (:func:`default_chunk_elements`):
+#: larger chunks mean fewer kernel launches; 1 << 26 float32 elements are 256 MiB.
+CUDA_CHUNK_RANGE = (1 << 21, 1 << 26)
+#: Share of a CUDA device's free memory SF's chunk buffers may take (1 / this).
+CUDA_FREE_MEMORY_SHARE = 16
+#: Chunk-sized float32 buffers alive at once in a forward (logits, probabilities, head sum).
+CHUNK_BUFFERS = 3
+
+
+def default_chunk_elements(device: torch.device | str | None) -> int:
+    """The attention chunk size (elements of one chunk of logits) for ``device``.
+
+    CPU and other devices: :data:`CPU_CHUNK_ELEMENTS`. CUDA: the largest chunk whose
+    :data:`CHUNK_BUFFERS` float32 buffers take at most 1 / :data:`CUDA_FREE_MEMORY_SHARE` of the
+    device's free memory now (``torch.cuda.mem_get_info``), clamped to :data:`CUDA_CHUNK_RANGE`.
+    The chunk size never changes results, only speed and memory.
+    """
+    device = torch.device(device if device is not None else "cpu")
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        low, high = CUDA_CHUNK_RANGE
+        return int(min(high, max(low, free // (CUDA_FREE_MEMORY_SHARE * CHUNK_BUFFERS * 4))))
+    return CPU_CHUNK_ELEMENTS
+
+
+def chunk_memory_bytes(max_chunk_elements: int) -> int:
+    """Memory SF's attention adds at once in a forward with chunks of ``max_chunk_elements`` (bytes)."""
+    return CHUNK_BUFFERS * max_chunk_elements * 4
 
 
 @dataclass(frozen=True)
 class FusionSettings:
-    """How SF is applied: ``fusion`` in :data:`FUSION_MODES` and the blend weight ``w``.
+    """How SF is applied: ``fusion`` in :data:`FUSION_MODES`, the blend weight ``w`` and the
+    ``hierarchy`` in :data:`HIERARCHIES` (per-resolution normalisation, module docstring).
 
     ``w`` is in [0, 1]: 0 turns SF off (the plain ControlNet), 1 is the paper's eq. SF-2.
-    Raises ValueError for an unknown mode or a weight outside [0, 1].
+    Raises ValueError for an unknown mode or hierarchy, or a weight outside [0, 1].
     """
 
     fusion: str = "tokens"
     w: float = 0.0
+    hierarchy: str = "balanced"
 
     def __post_init__(self):
         if self.fusion not in FUSION_MODES:
             raise ValueError(f"fusion {self.fusion!r} is unknown; choose one of {list(FUSION_MODES)}")
         if not (isinstance(self.w, (int, float)) and 0.0 <= self.w <= 1.0):
             raise ValueError(f"fusion weight w must be a number in [0, 1], got {self.w!r}")
+        if self.hierarchy not in HIERARCHIES:
+            raise ValueError(f"hierarchy {self.hierarchy!r} is unknown; choose one of {list(HIERARCHIES)}")
 
     @property
     def active(self) -> bool:
@@ -115,6 +162,66 @@ def pool_cells(x: torch.Tensor, cells: torch.Tensor, num_cells: int, dim: int) -
     return x.new_zeros(out_shape).scatter_reduce_(dim, index, x, "amax", include_self=True)
 
 
+def _pool_keys(x: torch.Tensor, grid: tuple[int, int], common: tuple[int, int],
+               cells: torch.Tensor) -> torch.Tensor:
+    """Max over the keys of each common-grid cell on the last axis: (..., h * w) -> (..., gh * gw).
+
+    A reshape and ``amax`` when the grids divide (the usual case), :func:`pool_cells` otherwise.
+    """
+    (h, w), (gh, gw) = grid, common
+    if h % gh == 0 and w % gw == 0:
+        lead = x.shape[:-1]
+        return x.reshape(*lead, gh, h // gh, gw, w // gw).amax(dim=(-3, -1)).reshape(*lead, gh * gw)
+    return pool_cells(x, cells, gh * gw, dim=-1)
+
+
+def _chunk_maps(q: torch.Tensor, k_t: torch.Tensor, v_h: torch.Tensor, start: int, stop: int,
+                fusion: str, grid: tuple[int, int], common: tuple[int, int],
+                cells: torch.Tensor, buffers: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One query chunk: attention output (B, heads, rows, d) and the chunk's map aggregate.
+
+    ``q``: (B, N, heads * d); ``k_t``: (B, heads, d, N) float32 keys scaled by 1/sqrt(d);
+    ``v_h``: (B, heads, N, d). Logits and softmax are float32 with autocast off. The
+    aggregate: ``"tokens"``: (B, G, G) max over the chunk's queries and each cell's keys of the
+    head-summed map; ``"gate"``: (B, N) the map summed over heads and the chunk's queries.
+    ``buffers`` (no autograd only): flat float32 tensors ``"p"`` and ``"sum"`` of one chunk's
+    size, reused across chunks (no allocation, no fresh pages per chunk); the softmax is then
+    computed in place (same formula).
+    """
+    b, heads, d, n = k_t.shape
+    rows = stop - start
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q_chunk = q[:, start:stop].reshape(b, rows, heads, d).transpose(1, 2).to(k_t.dtype)
+        if buffers is None:
+            p = torch.softmax(torch.matmul(q_chunk, k_t), dim=-1)  # (B, heads, rows, N) float32
+        else:
+            p = buffers["p"][:b * heads * rows * n].view(b, heads, rows, n)
+            torch.matmul(q_chunk, k_t, out=p)
+            p.sub_(p.amax(dim=-1, keepdim=True)).exp_()
+            p.div_(p.sum(dim=-1, keepdim=True))
+        out = torch.matmul(p.to(v_h.dtype), v_h)
+        if fusion == "tokens":  # head sum now, / heads after the max (same result)
+            gh, gw = common
+            if buffers is None:
+                summed = p.sum(dim=1)
+            else:
+                summed = torch.sum(p, dim=1, out=buffers["sum"][:b * rows * n].view(b, rows, n))
+            keys = _pool_keys(summed, grid, common, cells)  # (B, rows, G)
+            agg = pool_cells(keys, cells[start:stop], gh * gw, dim=1)  # (B, G, G)
+        else:
+            agg = p.sum(dim=(1, 2))
+    return out, agg
+
+
+def _normalised(agg: torch.Tensor, fusion: str) -> torch.Tensor:
+    """``agg`` scaled per sample: rows summing to 1 (``"tokens"``, (B, G, G)) or maximum 1
+    (``"gate"``, (B, G)); an all-zero row or map stays zero."""
+    tiny = torch.finfo(agg.dtype).tiny
+    if fusion == "tokens":
+        return agg / agg.sum(dim=-1, keepdim=True).clamp_min(tiny)
+    return agg / agg.amax(dim=-1, keepdim=True).clamp_min(tiny)
+
+
 class SelfAttentionMaps:
     """Self-attention of one ControlNet forward, with its maps reduced on the fly (eq. SF-1).
 
@@ -125,15 +232,19 @@ class SelfAttentionMaps:
         fusion: ``"tokens"`` or ``"gate"``: which aggregate to keep (module docstring).
         common_grid: (gh, gw), the middle block's token grid (:func:`coarsest_grid`).
         max_chunk_elements: size of one chunk of attention logits (batch x heads x query
-            rows x keys); the memory SF adds is about three such chunks (float32).
+            rows x keys); the memory SF adds is about :func:`chunk_memory_bytes` of it. None:
+            :func:`default_chunk_elements` of the inputs' device. Results do not depend on it.
+        hierarchy: ``"balanced"`` (each resolution's pooled map normalised before the sum) or
+            ``"sum"`` (module docstring).
     """
 
     def __init__(self, fusion: str, common_grid: tuple[int, int],
-                 max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
-        FusionSettings(fusion)  # validates the mode
-        if max_chunk_elements < 1:
+                 max_chunk_elements: int | None = None, hierarchy: str = "balanced"):
+        FusionSettings(fusion, hierarchy=hierarchy)  # validates the mode and hierarchy
+        if max_chunk_elements is not None and max_chunk_elements < 1:
             raise ValueError(f"max_chunk_elements must be >= 1, got {max_chunk_elements}")
         self.fusion = fusion
+        self.hierarchy = hierarchy
         self.common_grid = tuple(common_grid)
         self.max_chunk_elements = max_chunk_elements
         #: token grid (h, w) -> [sum of the layers' aggregates, number of layers]
@@ -158,12 +269,14 @@ class SelfAttentionMaps:
         Args:
             q, k, v: (B, N, heads * d) projected tokens of a self-attention over an h x w
                 grid (N = h * w, row-major), any float dtype; logits and softmax are float32
-                for half-precision inputs (as ComfyUI's SD1.5 attention).
+                (at least), also under ``torch.autocast``.
             heads: number of heads.
             grid: (h, w) of the tokens.
 
         Returns:
             (B, N, heads * d) in v's dtype, the attention output before the out projection.
+            With gradients, every chunk is recomputed in backward (module docstring: no
+            attention map is kept for backward).
 
         Raises:
             ValueError: N differs from h * w, keys and queries differ in number, or the
@@ -178,31 +291,37 @@ class SelfAttentionMaps:
             raise ValueError(f"width {inner} is not divisible by {heads} heads")
         d = inner // heads
         compute = torch.promote_types(q.dtype, torch.float32)
+        chunk = self.max_chunk_elements or default_chunk_elements(q.device)
 
-        # Keys (scaled by 1/sqrt(d)) and values once per head, contiguous; queries by chunks.
-        k_t = k.reshape(b, n, heads, d).permute(0, 2, 3, 1).to(compute).contiguous() * d ** -0.5
-        v_h = v.reshape(b, n, heads, d).transpose(1, 2).contiguous()  # (B, heads, N, d)
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            # Keys (scaled by 1/sqrt(d)) and values once per head, contiguous; queries by chunks.
+            k_t = k.reshape(b, n, heads, d).permute(0, 2, 3, 1).to(compute).contiguous() * d ** -0.5
+            v_h = v.reshape(b, n, heads, d).transpose(1, 2).contiguous()  # (B, heads, N, d)
 
         gh, gw = self.common_grid
         cells = self._cells_of((h, w), q.device)
-        if self.fusion == "tokens":
-            agg = q.new_zeros((b, gh * gw, gh * gw), dtype=compute)
-        else:
-            agg = q.new_zeros((b, n), dtype=compute)
-
+        recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        agg = None
         out = v.new_empty((b, n, heads, d))
-        rows = max(1, self.max_chunk_elements // (b * heads * n))
+        rows = min(n, max(1, chunk // (b * heads * n)))
+        buffers = None
+        if not recompute:  # one chunk's buffers, reused: no allocation churn per chunk
+            buffers = {"p": k_t.new_empty(b * heads * rows * n),
+                       "sum": k_t.new_empty(b * rows * n if self.fusion == "tokens" else 0)}
         for start in range(0, n, rows):
             stop = min(n, start + rows)
-            q_chunk = q[:, start:stop].reshape(b, stop - start, heads, d).transpose(1, 2).to(compute)
-            p = torch.softmax(torch.matmul(q_chunk, k_t), dim=-1)  # (B, heads, rows, N)
-            out[:, start:stop] = torch.matmul(p.to(v.dtype), v_h).transpose(1, 2)
-            if self.fusion == "tokens":  # head sum now, / heads after the max (same result)
-                keys = pool_cells(p.sum(dim=1), cells, gh * gw, dim=2)  # (B, rows, G)
-                agg = torch.maximum(agg, pool_cells(keys, cells[start:stop], gh * gw, dim=1))
+            args = (q, k_t, v_h, start, stop, self.fusion, (h, w), self.common_grid, cells)
+            if recompute:
+                out_chunk, part = torch.utils.checkpoint.checkpoint(_chunk_maps, *args, use_reentrant=False)
             else:
-                agg = agg + p.sum(dim=(1, 2))
-            del p
+                out_chunk, part = _chunk_maps(*args, buffers)
+            out[:, start:stop] = out_chunk.transpose(1, 2)
+            if agg is None:
+                agg = part
+            elif self.fusion == "tokens":
+                agg = torch.maximum(agg, part)
+            else:
+                agg = agg + part
         agg = agg / (heads if self.fusion == "tokens" else heads * n)
 
         total, count = self.sums.get((h, w), (0, 0))
@@ -210,7 +329,8 @@ class SelfAttentionMaps:
         return out.view(b, n, inner)
 
     def structure(self) -> torch.Tensor:
-        """psi' of eq. SF-1 from the recorded layers (mean per grid, summed over grids).
+        """psi' of eq. SF-1 from the recorded layers (mean per grid; normalised per grid for the
+        ``"balanced"`` hierarchy; summed over grids; normalised).
 
         Returns:
             ``"tokens"``: (B, G, G) float32, rows summing to 1 (G = gh * gw cells, query
@@ -229,10 +349,11 @@ class SelfAttentionMaps:
             mean = total / count
             if self.fusion == "gate":
                 mean = pool_cells(mean, self._cells_of(grid, mean.device), gh * gw, dim=1)
+            if self.hierarchy == "balanced":
+                mean = _normalised(mean, self.fusion)
             psi = mean if psi is None else psi + mean
-        if self.fusion == "tokens":
-            return psi / psi.sum(dim=-1, keepdim=True)
-        return (psi / psi.amax(dim=-1, keepdim=True)).view(-1, gh, gw)
+        psi = _normalised(psi, self.fusion)
+        return psi if self.fusion == "tokens" else psi.view(-1, gh, gw)
 
 
 def refine_tokens(feature: torch.Tensor, psi: torch.Tensor, w: float) -> torch.Tensor:

@@ -20,13 +20,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..control.fusion import FUSION_MODES
-from ..control.metadata import RENDER_STYLES
+from ..control.fusion import FUSION_MODES, HIERARCHIES
+from ..control.metadata import ATTENTION_LAYERS, RENDER_STYLES
 
 SOURCE_KINDS = ("sesahand", "freihand", "records", "photos")
+CAPTION_FIELDS = ("prompt", "caption")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
-ATTENTION_LAYERS = ("decoder", "all")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 HAND_MODELS = ("anny", "mano")
 
@@ -46,6 +46,13 @@ class ModelConfig:
         attention_layers: cross-attention layers that get the AE bias, ``"decoder"`` or ``"all"``.
         render_style: the condition image trained on, one of ``mesh``, ``depth``, ``normal``,
             ``pose``, ``mask`` (outputs of ``sesahand.render``).
+        hierarchy: how SF combines its resolutions: ``"balanced"`` (each normalised before the
+            sum) or ``"sum"`` (eq. SF-1 as written); docs/method.md "Structural fusion choices".
+        attention_chunk: SF's attention chunk size (logits per chunk); ``null`` = chosen per
+            device (``sesahand.control.default_chunk_elements``). Speed and memory only.
+
+    Every setting here that changes inference (fusion, w, hierarchy, alpha, attention_layers,
+    render_style) is written into the exported file's metadata.
     """
 
     sd15: str = ""
@@ -55,6 +62,8 @@ class ModelConfig:
     alpha: float = 2.0
     attention_layers: str = "decoder"
     render_style: str = "mesh"
+    hierarchy: str = "balanced"
+    attention_chunk: int | None = None
 
 
 @dataclass
@@ -72,6 +81,9 @@ class SourceConfig:
         captions: ``captions.jsonl`` of ``python -m sesahand caption`` (one JSON object per
             image with ``image`` and ``prompt``), or a ``.txt`` file with one caption per
             line in record order; ``null`` = the source's own captions.
+        caption_field: which text of a ``captions.jsonl`` to train on: ``"prompt"`` (the
+            behaviour-semantics prompt) or ``"caption"`` (the raw VLM caption: the ablation's
+            row without SE).
         prompt: caption for records that have none; ``null`` = such a record is an error.
         limit: use only the first N records (``null`` = all).
     """
@@ -81,6 +93,7 @@ class SourceConfig:
     captions: str | None = None
     prompt: str | None = None
     limit: int | None = None
+    caption_field: str = "prompt"
 
 
 @dataclass
@@ -114,6 +127,11 @@ class DataConfig:
             shared between runs.
         num_workers: DataLoader worker processes.
         augment: see :class:`AugmentConfig`.
+        caption_dropout: probability of training a sample on the empty prompt instead of its
+            caption. Default 0: the paper does not drop captions, and SesaHand trains the
+            ControlNet to follow behaviour-semantics prompts; ControlNet's original recipe
+            replaced 50% of prompts by empty ones, which teaches the control alone (useful
+            when the weights are to be run without prompts).
     """
 
     sources: list[SourceConfig] = field(default_factory=list)
@@ -123,6 +141,7 @@ class DataConfig:
     cache_dir: str | None = None
     num_workers: int = 2
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    caption_dropout: float = 0.0
 
 
 @dataclass
@@ -319,7 +338,10 @@ def validate(config: TrainConfig) -> TrainConfig:
     _choice("model.fusion", m.fusion, FUSION_MODES)
     if not 0.0 <= m.w <= 1.0:
         raise ValueError(f"config model.w: must be in [0, 1], got {m.w}")
+    _choice("model.hierarchy", m.hierarchy, HIERARCHIES)
     _positive("model.alpha", m.alpha, zero_ok=True)
+    if m.attention_chunk is not None:
+        _positive("model.attention_chunk", m.attention_chunk)
     _choice("model.attention_layers", m.attention_layers, ATTENTION_LAYERS)
     _choice("model.render_style", m.render_style, RENDER_STYLES)
     if not d.sources:
@@ -327,6 +349,7 @@ def validate(config: TrainConfig) -> TrainConfig:
                          "(a mapping with kind and path)")
     for i, s in enumerate(d.sources):
         _choice(f"data.sources[{i}].kind", s.kind, SOURCE_KINDS)
+        _choice(f"data.sources[{i}].caption_field", s.caption_field, CAPTION_FIELDS)
         if not s.path:
             raise ValueError(f"config data.sources[{i}].path: required (the dataset folder)")
         if s.limit is not None:
@@ -341,6 +364,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError("config data.mano_path: required with data.hand_model: mano (folder with "
                          "MANO_RIGHT.pkl / MANO_LEFT.pkl)")
     _positive("data.num_workers", d.num_workers, zero_ok=True)
+    if not 0.0 <= d.caption_dropout <= 1.0:
+        raise ValueError(f"config data.caption_dropout: a probability in [0, 1], got {d.caption_dropout}")
     if not 0.0 <= d.augment.hflip <= 1.0:
         raise ValueError(f"config data.augment.hflip: a probability in [0, 1], got {d.augment.hflip}")
     cs = d.augment.crop_scale

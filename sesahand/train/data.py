@@ -19,7 +19,8 @@ Sources (``data.sources`` of the config, :class:`~sesahand.train.config.SourceCo
   ``NAME.txt`` beside the photo or ``captions``.
 
 Captions: ``captions`` of a source is a ``captions.jsonl`` (``python -m sesahand caption``: one
-object per image with ``image`` and ``prompt``, optional ``hand_terms``; ``image`` is matched
+object per image with ``image`` and ``prompt``, the raw VLM ``caption``, optional
+``hand_terms``; the source's ``caption_field`` picks ``prompt`` or ``caption``; ``image`` is matched
 against the record's image path relative to the source folder, then its file name) or a
 ``.txt`` file with one caption per line in record order. It overrides the source's own
 captions; ``prompt`` of the source fills in records that still have none.
@@ -63,14 +64,15 @@ from ..hands.base import mirror_params
 from ..hands.types import Camera, HandParams, HandScene
 from ..io import atomic_path
 from .config import AugmentConfig, DataConfig, SourceConfig
+from .prompts import tokenize_prompt
 
 log = logging.getLogger(__name__)
 
 #: Version of the cache entry layout (part of every cache key).
 CACHE_FORMAT = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-#: CLIP's context length.
-MAX_TOKENS = 77
+#: Batch entries that go to the model (``sesahand.train.model.training_loss``).
+MODEL_KEYS = ("pixel_values", "conditioning", "input_ids", "token_weights", "hand_token_mask")
 
 
 @dataclass(frozen=True)
@@ -215,10 +217,13 @@ class Captions:
         ValueError: a JSONL line is not valid JSON or lacks ``image`` / ``prompt``.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, field: str = "prompt"):
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"captions file {self.path} does not exist")
+        if field != "prompt" and self.path.suffix.lower() == ".txt":
+            raise ValueError(f"captions file {self.path}: caption_field {field!r} needs a captions.jsonl "
+                             "(a .txt file holds one caption per line); use caption_field: prompt")
         self.by_image: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.by_name: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.lines: list[str] | None = None
@@ -231,10 +236,10 @@ class Captions:
                     continue
                 try:
                     entry = json.loads(line)
-                    image, prompt = str(entry["image"]), str(entry["prompt"])
+                    image, prompt = str(entry["image"]), str(entry[field])
                 except (json.JSONDecodeError, KeyError, TypeError) as exc:
                     raise ValueError(f"{self.path} line {number}: expected a JSON object with 'image' and "
-                                     f"'prompt' ({exc})") from None
+                                     f"{field!r} ({exc})") from None
                 value = (prompt, tuple(entry.get("hand_terms") or ()))
                 self.by_image[Path(image).as_posix()] = value
                 self.by_name[Path(image).name] = value
@@ -271,7 +276,7 @@ def sesahand_records(source: SourceConfig) -> list[Record]:
     from ..data.format import read_labels
 
     root = Path(source.path)
-    captions = Captions(source.captions) if source.captions else None
+    captions = Captions(source.captions, source.caption_field) if source.captions else None
     out = []
     for position, rec in enumerate(_limit(read_labels(root), source)):
         name = f"sesahand {root} #{rec['index']}"
@@ -306,7 +311,7 @@ def freihand_records(source: SourceConfig, model) -> list[Record]:
     spec = PoseSpec.from_freihand([mano[i] for i in used], [Ks[i] for i in used], size=size)
     dummy = Camera.default(size, size)
     scenes = dict(zip(used, spec.resolve(model, dummy)))
-    captions = Captions(source.captions) if source.captions else None
+    captions = Captions(source.captions, source.caption_field) if source.captions else None
     out = []
     for i in range(count):
         relative = f"training/rgb/{i:08d}.jpg"
@@ -321,7 +326,7 @@ def folder_records(source: SourceConfig) -> list[Record]:
     root = Path(source.path)
     if not root.is_dir():
         raise FileNotFoundError(f"records folder {root} does not exist")
-    captions = Captions(source.captions) if source.captions else None
+    captions = Captions(source.captions, source.caption_field) if source.captions else None
     out = []
     for position, labels_path in enumerate(_limit(sorted(root.glob("*.json")), source)):
         stem = labels_path.stem
@@ -487,32 +492,6 @@ class ConditionCache:
 
 # -------------------------------------------------------------------------------- dataset
 
-def tokenize_prompt(tokenizer, vocab: dict[int, str], prompt: str,
-                    terms: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP token ids of a prompt and its hand-token mask.
-
-    Args:
-        tokenizer: the SD1.5 ``CLIPTokenizer`` (transformers).
-        vocab: token id -> BPE piece of that tokenizer.
-        prompt: the text (cut to 77 tokens).
-        terms: extra hand words/phrases (:func:`sesahand.attention.tokens.find_hand_tokens`).
-
-    Returns: ``input_ids`` (77,) int64 (start, prompt, end, padding) and ``hand_token_mask``
-    (77,) bool, True at the positions of hand words (eq. AE-1's set I).
-    """
-    from ..attention.tokens import find_hand_tokens
-
-    ids = tokenizer(prompt, padding="max_length", max_length=MAX_TOKENS, truncation=True,
-                    return_tensors="pt").input_ids[0]
-    eos = tokenizer.eos_token_id
-    end = int((ids == eos).nonzero()[0]) if (ids == eos).any() else MAX_TOKENS
-    chunk = [(int(t), 1.0, 1 if 0 < i < end else 0) for i, t in enumerate(ids)]
-    hand = find_hand_tokens([chunk], vocab, terms)
-    mask = torch.zeros(MAX_TOKENS, dtype=torch.bool)
-    mask[list(hand.positions)] = True
-    return ids.long(), mask
-
-
 class EpochSampler(torch.utils.data.Sampler):
     """Shuffled order of ``n`` samples for one epoch, yielding ``(epoch, index)`` keys.
 
@@ -542,7 +521,9 @@ class HandControlDataset(torch.utils.data.Dataset):
 
     * ``pixel_values``: (3, S, S) float32 in [-1, 1], the image (S = resolution).
     * ``conditioning``: (3, S, S) float32 in [0, 1], the rendered condition.
-    * ``input_ids``: (77,) int64; ``hand_token_mask``: (77,) bool.
+    * ``input_ids``: (77,) int64, ``token_weights``: (77,) float32, ``hand_token_mask``: (77,)
+      bool: the caption as ComfyUI's CLIP Text Encode tokenizes it (:mod:`.prompts`); the empty
+      prompt with probability ``caption_dropout`` (drawn per item like the augmentation).
     * ``labels``: the rendered labels after flip and crop (camera K, hands with side, joints).
     * ``name``: the record's name.
 
@@ -551,7 +532,8 @@ class HandControlDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, records: Sequence[Record], cache: ConditionCache, tokenizer, resolution: int,
-                 augment: AugmentConfig, seed: int):
+                 augment: AugmentConfig, seed: int, caption_dropout: float = 0.0):
+        self.caption_dropout = caption_dropout
         self.records = list(records)
         self.cache = cache
         self.tokenizer = tokenizer
@@ -582,18 +564,21 @@ class HandControlDataset(torch.utils.data.Dataset):
         area = (x0, y0, x0 + side, y0 + side)
         image = image.resize((S, S), Image.Resampling.BICUBIC, box=area)
         condition = condition.resize((S, S), Image.Resampling.BILINEAR, box=area)
-        ids, mask = tokenize_prompt(self.tokenizer, self.vocab, record.prompt, record.hand_terms)
+        # drawn after the crop, so a dropout setting leaves every other augmentation as it was
+        dropped = self.caption_dropout > 0 and bool(rng.random() < self.caption_dropout)
+        prompt, terms = ("", ()) if dropped else (record.prompt, record.hand_terms)
+        ids, weights, mask = tokenize_prompt(self.tokenizer, self.vocab, prompt, terms)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
         cond = torch.from_numpy(np.asarray(condition, dtype=np.float32) / 255.0).permute(2, 0, 1)
         return {"pixel_values": pixels.contiguous(), "conditioning": cond.contiguous(), "input_ids": ids,
-                "hand_token_mask": mask, "labels": crop_labels(labels, x0, y0, side, S), "name": record.name}
+                "token_weights": weights, "hand_token_mask": mask,
+                "labels": crop_labels(labels, x0, y0, side, S), "name": record.name}
 
 
 def collate(items: Sequence[dict]) -> dict:
     """Stack items into the batch of :func:`sesahand.train.model.training_loss` (tensors with a
     leading batch axis B) plus ``labels`` and ``name`` lists."""
-    batch = {k: torch.stack([it[k] for it in items]) for k in
-             ("pixel_values", "conditioning", "input_ids", "hand_token_mask")}
+    batch = {k: torch.stack([it[k] for it in items]) for k in MODEL_KEYS}
     batch["labels"] = [it["labels"] for it in items]
     batch["name"] = [it["name"] for it in items]
     return batch
@@ -635,4 +620,5 @@ def build_dataset(config: DataConfig, style: str, tokenizer, seed: int, cache_di
     if render:
         count = cache.prepare(records, flips=config.augment.hflip > 0, progress=progress)
         log.info("conditions: %d rendered, %d records", count, len(records))
-    return HandControlDataset(records, cache, tokenizer, config.resolution, config.augment, seed)
+    return HandControlDataset(records, cache, tokenizer, config.resolution, config.augment, seed,
+                              config.caption_dropout)

@@ -33,7 +33,7 @@ CONTROL_PREFIX = "control_model."
 ORIGINAL_MARKER = "zero_convs.0.0.weight"
 DIFFUSERS_MARKER = "controlnet_cond_embedding.conv_in.weight"
 #: Keys ``export_controlnet``'s metadata must give.
-METADATA_KEYS = ("fusion", "w", "alpha", "render_style", "config_hash")
+METADATA_KEYS = ("fusion", "w", "hierarchy", "alpha", "attention_layers", "render_style", "config_hash")
 
 #: diffusers res-block parts -> original ``ResBlock`` parts.
 RESNET_PARTS = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
@@ -141,11 +141,12 @@ def _header(metadata: dict) -> dict[str, str]:
         raise ValueError(f"export metadata needs exactly the keys {list(METADATA_KEYS)}; "
                          f"missing {missing}, unknown {unknown}")
     try:
-        settings = FusionSettings(metadata["fusion"], float(metadata["w"]))
-        header = ControlMetadata(settings, float(metadata["alpha"]), metadata["render_style"], True).header()
+        settings = FusionSettings(metadata["fusion"], float(metadata["w"]), metadata["hierarchy"])
+        header = ControlMetadata(settings, float(metadata["alpha"]), metadata["render_style"], True,
+                                 metadata["attention_layers"]).header()
     except (TypeError, ValueError) as exc:
         raise ValueError(f"export metadata: {exc}") from None
-    parse_control_metadata(header, "export metadata")  # the loader's checks (alpha, render_style)
+    parse_control_metadata(header, "export metadata")  # the loader's checks (alpha, layers, render_style)
     if not isinstance(metadata["config_hash"], str) or not metadata["config_hash"]:
         raise ValueError(f"export metadata config_hash must be a non-empty string, got {metadata['config_hash']!r}")
     header[PREFIX + "config_hash"] = metadata["config_hash"]
@@ -159,11 +160,11 @@ def export_controlnet(controlnet, path: str | Path, metadata: dict) -> Path:
         controlnet: an SD1.5-type diffusers ``ControlNetModel`` (``FusedControlNet.controlnet``).
         path: the ``.safetensors`` file to write; written to a temporary file in the same
             folder and moved into place, so an existing file stays whole if writing fails.
-        metadata: ``{"fusion": "tokens" | "gate", "w": float in [0, 1], "alpha": float >= 0,
-            "render_style": one of sesahand.control.metadata.RENDER_STYLES, "config_hash": str}``;
-            written as the header keys ``sesahand.fusion``, ``sesahand.w``, ``sesahand.alpha``,
-            ``sesahand.render_style``, ``sesahand.config_hash`` (read back by
-            ``sesahand.control.read_control_metadata``).
+        metadata: ``{"fusion": "tokens" | "gate", "w": float in [0, 1], "hierarchy": "balanced" |
+            "sum", "alpha": float >= 0, "attention_layers": "decoder" | "all", "render_style":
+            one of sesahand.control.metadata.RENDER_STYLES, "config_hash": str}``: every setting
+            that changes inference; written as the header keys ``sesahand.<key>`` (read back by
+            ``sesahand.control.read_control_metadata`` and SesaHand Load ControlNet).
 
     Returns:
         ``path``. Tensors keep the model's dtype.

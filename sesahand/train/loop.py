@@ -51,7 +51,6 @@ CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
 EXPORT_NAME = "controlnet.safetensors"
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-MODEL_KEYS = ("pixel_values", "conditioning", "input_ids", "hand_token_mask")
 
 
 @dataclass
@@ -244,21 +243,21 @@ def sample_images(sd, controlnet, hand_attention, items, seeds, steps: int, guid
     """
     from diffusers import DDIMScheduler
 
-    from .data import MAX_TOKENS, tokenize_prompt
+    from .model import encode_text
+    from .prompts import tokenize_prompt
 
     device, dtype = sd.unet.device, sd.unet.dtype
     vocab = {i: t for t, i in sd.tokenizer.get_vocab().items()}
     scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
     scheduler = DDIMScheduler.from_config(sd.noise_scheduler.config)
-    empty = sd.tokenizer("", padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids
-    uncond = sd.text_encoder(empty.to(device))[0]
+    uncond = encode_text(sd, tokenize_prompt(sd.tokenizer, vocab, "")[0][None])
     out = []
     was_training = controlnet.training
     controlnet.eval()
     try:
         for name, cond, prompt in items:
-            ids, mask = tokenize_prompt(sd.tokenizer, vocab, prompt)
-            text = sd.text_encoder(ids[None].to(device))[0]
+            ids, weights, mask = tokenize_prompt(sd.tokenizer, vocab, prompt)
+            text = encode_text(sd, ids[None], weights[None])
             context = torch.cat([uncond, text]).to(dtype)
             if hand_attention is not None:
                 hand_attention.set_token_mask(torch.stack([torch.zeros_like(mask), mask]).to(device))
@@ -335,7 +334,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
 
     from ..control.fusion import FusionSettings
     from ..io import atomic_write_bytes
-    from .data import EpochSampler, build_dataset, collate, hand_model_factory
+    from .data import MODEL_KEYS, EpochSampler, build_dataset, collate, hand_model_factory
     from .export import export_controlnet, save_diffusers
     from .model import (
         FusedControlNet,
@@ -361,7 +360,8 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         atomic_write_bytes(out / "config.json", json.dumps(config.to_dict(), indent=1).encode())
 
     sd = load_sd15(m.sd15, dtype=WEIGHT_DTYPES[t.mixed_precision], device=accelerator.device)
-    fused = FusedControlNet(build_controlnet(sd.unet, m.controlnet_init), FusionSettings(m.fusion, m.w))
+    fused = FusedControlNet(build_controlnet(sd.unet, m.controlnet_init), FusionSettings(m.fusion, m.w, m.hierarchy),
+                            m.attention_chunk)
     hand_attention = install_hand_attention(sd.unet, m.alpha, m.attention_layers) if m.alpha else None
     if t.gradient_checkpointing:
         fused.controlnet.enable_gradient_checkpointing()
@@ -412,7 +412,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     if accelerator.is_main_process:
         accelerator.init_trackers("sesahand", config={
             "config_hash": digest, "lr": t.lr, "batch_size": t.batch_size, "fusion": m.fusion, "w": m.w,
-            "alpha": m.alpha, "render_style": m.render_style, "resolution": config.data.resolution})
+            "hierarchy": m.hierarchy, "alpha": m.alpha, "attention_layers": m.attention_layers, "render_style": m.render_style, "resolution": config.data.resolution})
 
     def run_validation(step: int, first: bool) -> None:
         if not validation:
@@ -501,7 +501,8 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         unwrapped = accelerator.unwrap_model(prepared)
         if ema is not None:
             ema.copy_to(unwrapped.controlnet.parameters())
-        metadata = {"fusion": m.fusion, "w": m.w, "alpha": m.alpha, "render_style": m.render_style,
+        metadata = {"fusion": m.fusion, "w": m.w, "hierarchy": m.hierarchy, "alpha": m.alpha,
+                    "attention_layers": m.attention_layers, "render_style": m.render_style,
                     "config_hash": digest}
         export_path = export_controlnet(unwrapped.controlnet, out / EXPORT_NAME, metadata)
         log.info("exported %s", export_path)

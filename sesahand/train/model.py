@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ..attention.bias import biased_attention, check_alpha
 from ..control.fusion import FusionSettings, SelfAttentionMaps, coarsest_grid, refine
+from ..control.metadata import ATTENTION_LAYERS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ FAMILY_NAMES = {
     "inpainting": "an SD1.x inpainting",
 }
 #: UNet layers that get the hand-attention bias.
-HAND_LAYERS = ("decoder", "all")
+HAND_LAYERS = ATTENTION_LAYERS
 
 
 @dataclass
@@ -367,9 +368,7 @@ class _SFState:
 
     def new_maps(self) -> SelfAttentionMaps:
         common = coarsest_grid(self.latent, self.levels - 1)
-        if self.max_chunk_elements is None:
-            return SelfAttentionMaps(self.settings.fusion, common)
-        return SelfAttentionMaps(self.settings.fusion, common, self.max_chunk_elements)
+        return SelfAttentionMaps(self.settings.fusion, common, self.max_chunk_elements, self.settings.hierarchy)
 
 
 class _SFSelfAttention:
@@ -453,11 +452,15 @@ class FusedControlNet(torch.nn.Module):
             convolutions, so calling ``controlnet`` itself (e.g. from a diffusers
             ``StableDiffusionControlNetPipeline`` for validation images) applies SF too. Do not
             call its ``set_attn_processor`` afterwards (that removes SF's processors).
-        fusion: SF reading and blend weight; ``w = 0`` runs the plain ControlNet forward.
-        max_chunk_elements: attention chunk size of :class:`SelfAttentionMaps` (None: its default).
+        fusion: SF reading, blend weight and hierarchy; ``w = 0`` runs the plain ControlNet forward.
+        max_chunk_elements: attention chunk size of :class:`SelfAttentionMaps` (None: chosen per
+            device, ``sesahand.control.default_chunk_elements``); results do not depend on it.
 
     Works with ``controlnet.enable_gradient_checkpointing()`` (recomputed attention takes the
-    same path, on the grid of the latest forward) and under autocast.
+    same path, on the grid of the latest forward) and under autocast (SF's logits and softmax
+    stay float32). Memory under autograd: SF keeps no attention map for backward (each query
+    chunk is recomputed), so its cost over the plain ControlNet is q, k, v copies and one
+    (B, G, G) aggregate per chunk per layer (``sesahand.control.fusion``).
     """
 
     def __init__(self, controlnet, fusion: FusionSettings, max_chunk_elements: int | None = None):
@@ -621,6 +624,33 @@ def encode_latents(vae, pixel_values: torch.Tensor, generator: torch.Generator |
         return latents * vae.config.scaling_factor
 
 
+def encode_text(sd: SD15, input_ids: torch.Tensor, token_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP text tokens of prompts with ComfyUI's token weights, without gradient.
+
+    Args:
+        sd: from :func:`load_sd15`.
+        input_ids: (B, 77) long (``sesahand.train.prompts.tokenize_prompt``).
+        token_weights: (B, 77) float or None (all 1). Where a weight is not 1 the token's
+            encoding becomes ``(z - z_empty) * weight + z_empty``, z_empty the encoding of the
+            empty prompt at that position: what ComfyUI's CLIP Text Encode does with
+            ``(word:1.3)`` (``comfy.sd1_clip.ClipTokenWeightEncoder``).
+
+    Returns:
+        (B, 77, 768) in the text encoder's dtype, on its device.
+    """
+    device = sd.text_encoder.device
+    with torch.no_grad():
+        text = sd.text_encoder(input_ids.to(device))[0]
+        if token_weights is None or bool((token_weights == 1).all()):
+            return text
+        from .prompts import MAX_TOKENS
+
+        empty_ids = [sd.tokenizer.bos_token_id] + [sd.tokenizer.eos_token_id] * (MAX_TOKENS - 1)
+        empty = sd.text_encoder(torch.tensor([empty_ids], device=device))[0]
+        weights = token_weights.to(device=device, dtype=text.dtype)[..., None]
+        return (text - empty) * weights + empty
+
+
 def training_loss(sd: SD15, controlnet: FusedControlNet, batch: dict, hand_attention: HandAttention | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """The noise-prediction loss of one batch (docs/method.md, "Backbone and loss").
@@ -636,8 +666,9 @@ def training_loss(sd: SD15, controlnet: FusedControlNet, batch: dict, hand_atten
         sd: from :func:`load_sd15`.
         controlnet: the trainable :class:`FusedControlNet`.
         batch: ``pixel_values`` (B, 3, H, W) float in [-1, 1]; ``conditioning`` (B, 3, H, W)
-            float in [0, 1]; ``input_ids`` (B, 77) long; ``hand_token_mask`` (B, 77) bool
-            (used when ``hand_attention`` is given). H and W multiples of 8.
+            float in [0, 1]; ``input_ids`` (B, 77) long; optional ``token_weights`` (B, 77)
+            float (:func:`encode_text`); ``hand_token_mask`` (B, 77) bool (used when
+            ``hand_attention`` is given). H and W multiples of 8.
         hand_attention: from :func:`install_hand_attention` on ``sd.unet``, or None (no AE).
         generator: randomness of noise, timesteps and the VAE posterior sample (any device);
             None uses the global RNG.
@@ -659,8 +690,7 @@ def training_loss(sd: SD15, controlnet: FusedControlNet, batch: dict, hand_atten
                          f"{tuple(pixels.shape)} and input_ids {tuple(ids.shape)} be (B, 77)")
     device, dtype = sd.unet.device, sd.unet.dtype
     latents = encode_latents(sd.vae, pixels.to(device), generator).to(dtype)
-    with torch.no_grad():
-        text = sd.text_encoder(ids.to(device))[0].to(dtype)
+    text = encode_text(sd, ids, batch.get("token_weights")).to(device=device, dtype=dtype)
     noise = _randn(latents.shape, latents, generator)
     scheduler = sd.noise_scheduler
     t_device = generator.device if generator is not None else device

@@ -52,6 +52,10 @@ def tiny_model(comfyui):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        # Buffers made with torch.empty (MMDiT's pos_embed) would hold whatever memory held.
+        for b in model.diffusion_model.buffers():
+            if b.is_floating_point():
+                b.copy_(torch.randn(b.shape, generator=g) * 0.05)
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
@@ -506,6 +510,10 @@ def random_patcher(model, seed: int = 0):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        # Buffers made with torch.empty (MMDiT's pos_embed) would hold whatever memory held.
+        for b in model.diffusion_model.buffers():
+            if b.is_floating_point():
+                b.copy_(torch.randn(b.shape, generator=g) * 0.05)
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 

@@ -135,11 +135,12 @@ def test_loader_lists_controlnets_of_both_folders(comfyui, tiny, cm):
 
 def test_loader_reads_sesahand_metadata(comfyui, tiny, cm):
     node = comfyui.node("SesaHandLoadControlNet")
-    control, alpha, style = node.execute(control_net_name="hand_cn.safetensors")
+    control, alpha, style, layers = node.execute(control_net_name="hand_cn.safetensors")
     assert isinstance(control, cm.SesaHandControlNet)
     assert (control.fusion.fusion, control.fusion.w, alpha, style) == ("tokens", 1.0, 2.5, "mesh")
-    plain, alpha, style = node.execute(control_net_name="plain.safetensors")
-    assert plain.fusion == cm.FusionSettings("tokens", 0.0) and (alpha, style) == (2.0, "")
+    assert control.fusion.hierarchy == "sum" and layers == "decoder"  # a file without these keys
+    plain, alpha, style, layers = node.execute(control_net_name="plain.safetensors")
+    assert plain.fusion == cm.FusionSettings("tokens", 0.0) and (alpha, style, layers) == (2.0, "", "decoder")
     assert len(plain.control_model.input_blocks) == 2  # the tiny one-level shape
 
 
@@ -214,6 +215,26 @@ def test_fusion_refines_the_right_residuals_linearly_in_w(cm, small_cldm, fusion
     assert changed == ([False] * 12 + [True] if fusion == "tokens" else [True] * 13)
     for half, zero, one in zip(results[0.5], results[1e-30], results[1.0]):  # the zero convs are affine
         torch.testing.assert_close(half, (zero + one) / 2, rtol=1e-4, atol=1e-5)
+
+
+def test_apply_node_sets_the_chunk_and_keeps_the_file_s_hierarchy(comfyui, cm, small_cldm):
+    ours, _ = make_controls(cm, small_cldm)
+    ours.fusion = cm.FusionSettings("tokens", 1.0, "sum")
+    apply = comfyui.node("SesaHandApplyHandControl")
+    cond = [[torch.zeros(1, 77, 768), {}]]
+    inputs = dict(positive=cond, negative=cond, control_net=ours, image=torch.rand(1, 128, 128, 3), strength=1.0,
+                  start_percent=0.0, end_percent=1.0, fusion="gate", fusion_weight=0.5)
+    x = latent()
+    results = {}
+    for chunk in (0, 4096):
+        control = apply.execute(**inputs, attention_chunk=chunk)[0][0][1]["control"]
+        assert control.fusion == cm.FusionSettings("gate", 0.5, "sum") and control.chunk_elements == (chunk or None)
+        assert control.copy().chunk_elements == control.chunk_elements
+        results[chunk] = flat(run_control(control, x))
+    for a, b in zip(results[0], results[4096]):  # the chunk size never changes the result (but rounding)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    with pytest.raises(ValueError, match="attention_chunk must be an integer from 0"):
+        apply.execute(**inputs, attention_chunk=-1)
 
 
 def test_lifecycle_copy_models_memory_cleanup(cm, small_cldm):

@@ -1,11 +1,15 @@
 """Training side against a real ComfyUI (CPU): the tiny single-file SD1.5 checkpoint loads for
 training with the same UNet and VAE as ComfyUI's, a ControlNet built and exported by
-sesahand.train loads in SesaHand Load ControlNet (SF on from its header) and changes a sampling
-run, and the diffusers SF forward (training) equals the ComfyUI cldm SF walker (inference).
+sesahand.train loads in SesaHand Load ControlNet (every inference setting from its header) and
+changes a sampling run, the diffusers SF forward (training) equals what ComfyUI computes from
+the exported file (load_controlnet + get_control, float32 and under bf16 autocast), and
+training's hand-token mask sits at the positions the Hand Attention node biases.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +17,8 @@ import torch
 
 pytestmark = pytest.mark.comfyui
 
-METADATA = {"fusion": "tokens", "w": 1.0, "alpha": 1.5, "render_style": "depth", "config_hash": "0123abcd"}
+METADATA = {"fusion": "tokens", "w": 1.0, "hierarchy": "balanced", "alpha": 1.5, "attention_layers": "all",
+            "render_style": "depth", "config_hash": "0123abcd"}
 
 
 def randomise(module, seed, scale=1.0, only=None):
@@ -77,8 +82,9 @@ def test_exported_controlnet_loads_with_sf_on_and_changes_sampling(comfyui, trai
     import nodes as comfy_nodes
 
     model, clip, _ = comfy_nodes.CheckpointLoaderSimple().load_checkpoint(trained.checkpoint.name)
-    control, alpha, style = comfyui.node("SesaHandLoadControlNet").execute(control_net_name=trained.path.name)
-    assert (control.fusion.fusion, control.fusion.w, alpha, style) == ("tokens", 1.0, 1.5, "depth")
+    control, alpha, style, layers = comfyui.node("SesaHandLoadControlNet").execute(control_net_name=trained.path.name)
+    assert (control.fusion.fusion, control.fusion.w, control.fusion.hierarchy) == ("tokens", 1.0, "balanced")
+    assert (alpha, style, layers) == (1.5, "depth", "all")
     encode = comfy_nodes.CLIPTextEncode()
     positive, negative = encode.encode(clip, "a hand")[0], encode.encode(clip, "")[0]
     image = torch.zeros(1, 64, 64, 3)
@@ -140,3 +146,127 @@ def test_training_sf_forward_equals_the_comfyui_walker(cm, load_local, tmp_path,
     assert len(down) == len(theirs["output"]) == 12
     for a, b in zip([*down, mid], theirs["output"] + theirs["middle"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+#: SD1.5's ControlNet layout (4 levels, 2 res blocks, transformers on the first three and the
+#: middle, 8 heads) at width 320 on every level: ComfyUI's SD1.5 detection needs model_channels 320.
+PARITY_SHAPE = {"block_out_channels": (320, 320, 320, 320), "cross_attention_dim": 768, "attention_head_dim": 8,
+                "norm_num_groups": 32}
+
+
+@pytest.fixture(scope="module")
+def parity(cm, tmp_path_factory):
+    """fusion -> (FusedControlNet as training builds it, the SesaHand ControlNet ComfyUI loaded from
+    the export of the same weights)."""
+    import copy
+
+    from diffusers import ControlNetModel
+
+    from sesahand.train import export, model
+
+    torch.manual_seed(0)
+    controlnet = ControlNetModel(**PARITY_SHAPE)
+    randomise(controlnet, 11)
+    folder = tmp_path_factory.mktemp("parity")
+    out = {}
+    for fusion in ("tokens", "gate"):
+        path = export.export_controlnet(controlnet, folder / f"{fusion}.safetensors", {**METADATA, "fusion": fusion})
+        control = cm.load_controlnet(str(path), path.name)
+        settings = control.fusion  # read back from the file
+        fused = model.FusedControlNet(copy.deepcopy(controlnet).eval(),
+                                      model.FusionSettings(settings.fusion, settings.w, settings.hierarchy))
+        out[fusion] = (fused, control)
+    return out
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+@pytest.mark.parametrize("fusion", ["tokens", "gate"])
+def test_comfyui_loading_path_gives_the_training_residuals(cm, load_local, parity, fusion, autocast):
+    """The exported file through ComfyUI's real path (load_controlnet, set_cond_hint, pre_run,
+    get_control with a sampler's sigma) == FusedControlNet (training) on the same weights."""
+    fused, control = parity[fusion]
+    assert control.fusion == cm.FusionSettings(fusion, 1.0, "balanced") and control.metadata.attention_layers == "all"
+    g = torch.Generator().manual_seed(3)
+    hint, x_noisy = torch.rand(1, 3, 128, 128, generator=g), torch.randn(2, 4, 16, 16, generator=g)
+    context, sigma = torch.randn(2, 77, 768, generator=g), torch.full((2,), 5.0)
+    sampled = load_local("tests/comfyui/test_control_nodes.py").sd15_model()
+    running = control.copy().set_cond_hint(hint, 1.0, (0.0, 1.0))
+    running.pre_run(sampled, sampled.model_sampling.percent_to_sigma)
+    precision = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    try:
+        with torch.no_grad(), precision:
+            theirs = running.get_control(x_noisy, sigma, {"c_crossattn": context}, 1, {})
+    finally:
+        running.cleanup()
+    x = sampled.model_sampling.calculate_input(sigma, x_noisy)
+    t = sampled.model_sampling.timestep(sigma)
+    with torch.no_grad():
+        with precision:
+            down, mid = fused(x, t, context, hint.expand(2, -1, -1, -1))
+        reference = fused(x, t, context, hint.expand(2, -1, -1, -1))  # float32
+    ours, theirs = [*down, mid], theirs["output"] + theirs["middle"]
+    assert len(ours) == len(theirs) == 13
+    for a, b, r in zip(ours, theirs, [*reference[0], reference[1]]):
+        scale = float(r.abs().max())
+        if autocast:  # bf16 rounding differs between the two forwards: both stay near float32
+            assert a.dtype == b.dtype == torch.bfloat16
+            for out in (a, b):
+                torch.testing.assert_close(out.float(), r, rtol=0.05, atol=0.03 * scale)
+            torch.testing.assert_close(a.float(), b.float(), rtol=0.05, atol=0.03 * scale)
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_a_file_trained_with_all_layers_runs_with_all_layers(comfyui, trained):
+    """SesaHand Load ControlNet's layers output (from sesahand.attention_layers) into the Hand
+    Attention node patches every cross-attention layer (the tiny UNet has none in its decoder)."""
+    import nodes as comfy_nodes
+
+    model, clip, _ = comfy_nodes.CheckpointLoaderSimple().load_checkpoint(trained.checkpoint.name)
+    _, alpha, _, layers = comfyui.node("SesaHandLoadControlNet").execute(control_net_name=trained.path.name)
+    assert layers == "all"
+    patched = comfyui.node("SesaHandHandAttention").execute(
+        model=model, clip=clip, prompt="a person waving a hand", hand_terms="", alpha=alpha, layers=layers,
+        start_percent=0.0, end_percent=1.0)[0]
+    keys = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert {key[0] for key in keys} == {"input", "middle"}
+    assert all(patch.alpha == 1.5 for patch in keys.values())
+
+
+@pytest.fixture(scope="module")
+def clip(comfyui, trained):
+    """ComfyUI's CLIP of the tiny checkpoint (SD1.5's tokenizer)."""
+    import nodes as comfy_nodes
+
+    return comfy_nodes.CheckpointLoaderSimple().load_checkpoint(trained.checkpoint.name)[1]
+
+
+LONG = ("a woman in a sunny kitchen with wooden shelves, jars of flour, copper pots, a window with green plants, "
+        "a striped apron and a bowl of lemons on the counter, soft morning light, film grain, shallow depth of field, "
+        "warm colours, detailed skin, is kneading dough with both hands while (smiling:1.2) at the camera")
+
+
+@pytest.mark.parametrize("prompt, terms", [
+    ("a person waving a hand", ""),
+    ("a (hand:1.3) holding a cup, ((fingers)) spread", ""),
+    ("Typing on a keyboard with both hands, (open palm:0.8)", "open palm"),
+    ("\\(literal brackets\\) around a fist, gesture", ""),
+    (LONG, "kneading dough"),
+    ("(" + LONG + ":1.1)", ""),  # one large weighted segment cut across the chunk boundary
+])
+def test_training_hand_tokens_are_the_hand_attention_node_s_positions(comfyui, trained, clip, prompt, terms):
+    """tokenize_prompt (training) == ComfyUI's tokens and the Hand Attention node's positions
+    (weights, escapes, chunks, gerunds); training keeps the first chunk."""
+    from sesahand.attention import parse_terms
+    from sesahand.train.prompts import tokenize_prompt
+
+    attention = importlib.import_module(comfyui.pack_module.__name__ + ".nodes.attention")
+    chunks = clip.tokenize(prompt, return_word_ids=True)["l"]
+    theirs = attention.hand_tokens(clip, prompt, terms)
+    tokenizer = trained.sd.tokenizer
+    vocab = {i: t for t, i in tokenizer.get_vocab().items()}
+    ids, weights, mask = tokenize_prompt(tokenizer, vocab, prompt, parse_terms(terms))
+    assert ids.tolist() == [int(t) for t, _, _ in chunks[0]]
+    assert weights.tolist() == pytest.approx([w for _, w, _ in chunks[0]])
+    assert mask.nonzero().flatten().tolist() == [p for p in theirs.positions if p < 77]
+    assert mask.any()

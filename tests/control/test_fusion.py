@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sesahand.control import (FusionSettings, SelfAttentionMaps, coarsest_grid, grid_cells,
-                              pool_cells, refine, refine_gate, refine_tokens)
+from sesahand.control import (CPU_CHUNK_ELEMENTS, FusionSettings, SelfAttentionMaps, chunk_memory_bytes,
+                              coarsest_grid, default_chunk_elements, grid_cells, pool_cells, refine,
+                              refine_gate, refine_tokens)
+from sesahand.control import fusion as fusion_module
 
 HEADS, DIM = 2, 4
 
@@ -38,12 +40,12 @@ def cell_members(grid, common):
     return members
 
 
-def dense_structure(layers, fusion, common):
+def dense_structure(layers, fusion, common, hierarchy="balanced"):
     """psi' from full maps, pooled with explicit loops over cells.
 
     tokens: per layer, mean over heads, then pooled; pooled maps averaged over a grid's layers.
     gate: per layer, saliency (mean over heads and queries); averaged over a grid's layers,
-    then pooled.
+    then pooled. balanced: each grid's map normalised (rows sum 1 / max 1) before the sum.
     """
     per_grid = {}
     for grid, (q, k) in layers:
@@ -61,6 +63,8 @@ def dense_structure(layers, fusion, common):
         mean = torch.stack(aggs).mean(dim=0)
         if fusion == "gate":
             mean = torch.stack([mean[:, idx].amax(dim=1) for idx in cell_members(grid, common)], dim=1)
+        if hierarchy == "balanced":
+            mean = mean / (mean.sum(dim=-1, keepdim=True) if fusion == "tokens" else mean.amax(dim=-1, keepdim=True))
         psi = psi + mean
     if fusion == "tokens":
         return psi / psi.sum(dim=-1, keepdim=True)
@@ -73,10 +77,11 @@ LAYER_GRIDS = [(6, 10), (6, 10), (3, 5), (2, 3)]
 COMMON = (2, 3)
 
 
+@pytest.mark.parametrize("hierarchy", ["balanced", "sum"])
 @pytest.mark.parametrize("fusion", ["tokens", "gate"])
 @pytest.mark.parametrize("chunk", [1 << 20, 7 * HEADS * 2 * 60, 1])  # one chunk, 7 rows, 1 row
-def test_chunked_maps_equal_the_dense_reference(fusion, chunk):
-    maps = SelfAttentionMaps(fusion, COMMON, max_chunk_elements=chunk)
+def test_chunked_maps_equal_the_dense_reference(fusion, chunk, hierarchy):
+    maps = SelfAttentionMaps(fusion, COMMON, max_chunk_elements=chunk, hierarchy=hierarchy)
     layers = []
     for seed, grid in enumerate(LAYER_GRIDS):
         q, k, v = qkv(grid, seed=seed)
@@ -87,7 +92,121 @@ def test_chunked_maps_equal_the_dense_reference(fusion, chunk):
         layers.append((grid, (q, k)))
     assert maps.layers == {(6, 10): 2, (3, 5): 1, (2, 3): 1}
     psi = maps.structure()
-    torch.testing.assert_close(psi, dense_structure(layers, fusion, COMMON), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(psi, dense_structure(layers, fusion, COMMON, hierarchy), rtol=1e-5, atol=1e-6)
+
+
+def test_divisible_grids_pool_like_the_general_path():
+    """The reshape fast path (grids that divide) equals pool_cells' scatter path."""
+    x = torch.rand(2, 5, 8 * 12)
+    cells = grid_cells((8, 12), (2, 3))
+    fast = fusion_module._pool_keys(x, (8, 12), (2, 3), cells)
+    torch.testing.assert_close(fast, pool_cells(x, cells, 6, dim=-1))
+
+
+@pytest.mark.parametrize("fusion", ["tokens", "gate"])
+def test_logits_and_softmax_stay_float32_under_autocast(fusion):
+    """Under CPU bf16 autocast the maps equal the float32 ones to float32 precision (autocast
+    would otherwise run the logits' matmul in bfloat16: errors of about 1e-2)."""
+    layers = [((8, 8), qkv((8, 8), seed=1)), ((4, 4), qkv((4, 4), seed=2))]
+    reference, under = SelfAttentionMaps(fusion, (2, 2)), SelfAttentionMaps(fusion, (2, 2))
+    outs = [reference.attention(q, k, v, HEADS, grid) for grid, (q, k, v) in layers]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_outs = [under.attention(q, k, v, HEADS, grid) for grid, (q, k, v) in layers]
+        psi = under.structure()
+    torch.testing.assert_close(psi, reference.structure(), rtol=1e-6, atol=1e-7)
+    for a, b in zip(autocast_outs, outs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", ["tokens", "gate"])
+def test_backward_keeps_no_attention_map_and_matches_dense_gradients(fusion):
+    """With gradients only q, k, v and per-chunk aggregates are saved for backward (each chunk is
+    recomputed), never a chunk of probabilities; the gradients equal the dense reference's."""
+    grid, common, batch = (16, 16), (4, 4), 2
+    q, k, v = (t.requires_grad_() for t in qkv(grid, batch=batch, seed=4))
+    n = grid[0] * grid[1]
+    chunk = batch * HEADS * n * 16  # 16 query rows per chunk
+    saved = {}  # storage -> bytes (a tensor saved by several chunks is kept once)
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    maps = SelfAttentionMaps(fusion, common, max_chunk_elements=chunk)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = maps.attention(q, k, v, HEADS, grid)
+        psi = maps.structure()
+    chunk_bytes = chunk * 4
+    assert max(saved.values()) < chunk_bytes / HEADS  # no chunk of logits, probabilities or head sums
+    # the stated bound: q, k, v and their per-head copies, the output; per chunk a (B, G, G) aggregate
+    assert sum(saved.values()) <= 8 * q.numel() * 4 + n // 16 * batch * 16 * 16 * 4 * 2
+    g = torch.Generator().manual_seed(9)
+    weight_out, weight_psi = torch.randn(out.shape, generator=g), torch.randn(psi.shape, generator=g)
+    ((out * weight_out).sum() + (psi * weight_psi).sum()).backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    reference_out = F.scaled_dot_product_attention(
+        *(t.view(batch, -1, HEADS, DIM).transpose(1, 2) for t in (q, k, v))).transpose(1, 2).reshape(q.shape)
+    reference_psi = dense_structure([(grid, (q, k))], fusion, common)
+    ((reference_out * weight_out).sum() + (reference_psi * weight_psi).sum()).backward()
+    for ours, theirs in zip(grads, (q.grad, k.grad, v.grad)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5 * float(theirs.abs().max()))
+
+
+def sd15_like_maps(fusion, hierarchy):
+    """Maps of a tiny encoder with SD1.5's grid ratios (2 layers at 32, 16, 8; the middle at 4),
+    logits of standard deviation about 0.5 (attention spread over many keys)."""
+    maps = SelfAttentionMaps(fusion, (4, 4), hierarchy=hierarchy)
+    for seed, grid in enumerate([(32, 32), (32, 32), (16, 16), (16, 16), (8, 8), (8, 8), (4, 4)]):
+        maps.attention(*(t / 2 for t in qkv(grid, batch=1, seed=seed)), HEADS, grid)
+    return maps
+
+
+def without(maps, grid):
+    """psi' with one resolution's pooled maps set to zero."""
+    total, count = maps.sums[grid]
+    maps.sums[grid] = [torch.zeros_like(total), count]
+    try:
+        return maps.structure()
+    finally:
+        maps.sums[grid] = [total, count]
+
+
+@pytest.mark.parametrize("fusion", ["tokens", "gate"])
+def test_every_resolution_contributes_to_the_balanced_hierarchy(fusion):
+    """Zeroing one resolution's map changes psi' and the refined feature measurably for every
+    resolution. In the plain sum the gate reading is in effect the coarse maps alone: there,
+    the finest grid's map moves psi' about ten times less."""
+    feature = torch.randn(1, 6, 4, 4, generator=torch.Generator().manual_seed(0))
+    settings = FusionSettings(fusion, 1.0)
+    changes = {}
+    for hierarchy in ("balanced", "sum"):
+        maps = sd15_like_maps(fusion, hierarchy)
+        psi = maps.structure()
+        refined = refine(feature, psi, settings, middle=True)
+        for grid in maps.sums:
+            other = without(maps, grid)
+            changes[hierarchy, grid] = float((other - psi).norm() / psi.norm())
+            if hierarchy == "balanced":
+                moved = refine(feature, other, settings, middle=True) - refined
+                assert float(moved.norm() / refined.norm()) > 1e-3, (fusion, grid)
+    for grid in [(32, 32), (16, 16), (8, 8), (4, 4)]:
+        assert changes["balanced", grid] > 0.02, (grid, changes)
+    if fusion == "gate":
+        assert changes["balanced", (32, 32)] > 5 * changes["sum", (32, 32)], changes
+
+
+def test_chunk_size_per_device(monkeypatch):
+    assert default_chunk_elements("cpu") == default_chunk_elements(None) == CPU_CHUNK_ELEMENTS
+    low, high = fusion_module.CUDA_CHUNK_RANGE
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for free, expected in ((1 << 20, low), (80 << 30, high), (12 << 30, (12 << 30) // (16 * 3 * 4))):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 80 << 30))
+        assert default_chunk_elements("cuda:0") == expected
+    assert chunk_memory_bytes(CPU_CHUNK_ELEMENTS) == 3 * 4 * CPU_CHUNK_ELEMENTS
+    with pytest.raises(ValueError, match="max_chunk_elements must be >= 1"):
+        SelfAttentionMaps("tokens", (2, 2), max_chunk_elements=0)
 
 
 def test_psi_is_normalised_per_reading():
@@ -158,6 +277,8 @@ def test_settings_are_validated():
         FusionSettings("product", 1.0)
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         FusionSettings("tokens", 1.5)
+    with pytest.raises(ValueError, match="hierarchy 'mean' is unknown"):
+        FusionSettings("tokens", 1.0, "mean")
 
 
 def test_tokens_refinement_mixes_the_middle_tokens():

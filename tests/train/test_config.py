@@ -34,10 +34,12 @@ def test_default_yaml_documents_the_defaults():
     defaults = TrainConfig()
     for section in ("train", "validation", "checkpointing", "logging"):
         assert getattr(config, section) == getattr(defaults, section), section
-    for name in ("fusion", "w", "alpha", "attention_layers", "render_style", "controlnet_init"):
+    for name in ("fusion", "w", "alpha", "attention_layers", "render_style", "controlnet_init", "hierarchy",
+                 "attention_chunk"):
         assert getattr(config.model, name) == getattr(defaults.model, name), name
-    for name in ("resolution", "hand_model", "mano_path", "cache_dir", "num_workers", "augment"):
+    for name in ("resolution", "hand_model", "mano_path", "cache_dir", "num_workers", "augment", "caption_dropout"):
         assert getattr(config.data, name) == getattr(defaults.data, name), name
+    assert config.data.sources[0].caption_field == "prompt"
     assert config.train.lr == 1e-5 and config.train.optimizer == "adamw" and config.data.resolution == 512
     assert config.export_diffusers is False
 

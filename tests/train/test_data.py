@@ -83,10 +83,11 @@ def test_choose_crop_keeps_hands_inside():
 
 def test_tokenize_marks_hand_words(tokenizer):
     vocab = {i: t for t, i in tokenizer.get_vocab().items()}
-    ids, mask = tokenize_prompt(tokenizer, vocab, "a person waving a hand near the sea", ["sea"])
+    ids, weights, mask = tokenize_prompt(tokenizer, vocab, "a person waving a hand near the sea", ["sea"])
     words = [vocab[int(i)] for i in ids[mask]]
     assert words == ["waving</w>", "hand</w>", "sea</w>"]
     assert ids.shape == (77,) and ids[0] == tokenizer.bos_token_id and not mask[0]
+    assert torch.equal(weights, torch.ones(77))
 
 
 def test_dataset_items_and_determinism(toy_records, tokenizer, tmp_path):
@@ -128,6 +129,41 @@ def test_captions_jsonl_txt_and_fallback(toy_records, tmp_path):
     assert [r.prompt for r in records] == ["T0", "T1", "F", "T3"]
     with pytest.raises(ValueError, match="sample_2: no caption"):
         load_records([SourceConfig(kind="records", path=str(root))], lambda: None)
+
+
+def test_caption_field_picks_the_raw_vlm_caption(toy_records, tmp_path):
+    """The ablation's row without behaviour semantics trains on captions.jsonl's raw caption."""
+    jsonl = tmp_path / "captions.jsonl"
+    jsonl.write_text("".join(json.dumps({"image": f"sample_{k}.png", "prompt": f"P{k}", "caption": f"C{k}"}) + "\n"
+                             for k in range(4)))
+    for field in ("prompt", "caption"):
+        source = SourceConfig(kind="records", path=str(toy_records), captions=str(jsonl), caption_field=field)
+        assert [r.prompt for r in load_records([source], lambda: None)] == [f"{field[0].upper()}{k}" for k in range(4)]
+    txt = tmp_path / "captions.txt"
+    txt.write_text("T0\n")
+    with pytest.raises(ValueError, match="caption_field 'caption' needs a captions.jsonl"):
+        load_records([SourceConfig(kind="records", path=str(toy_records), captions=str(txt), caption_field="caption")],
+                     lambda: None)
+
+
+def test_caption_dropout_empties_prompts_and_keeps_the_augmentation(toy_records, tokenizer, tmp_path):
+    import dataclasses
+
+    config = data_config(toy_records, hflip=0.5, crop_scale=[0.6, 1.0])
+    kept = build_dataset(config, "mesh", tokenizer, seed=3, cache_dir=tmp_path / "cache", progress=False)
+    dropped = build_dataset(dataclasses.replace(config, caption_dropout=1.0), "mesh", tokenizer, seed=3,
+                            cache_dir=tmp_path / "cache", progress=False)
+    half = build_dataset(dataclasses.replace(config, caption_dropout=0.5), "mesh", tokenizer, seed=3,
+                         cache_dir=tmp_path / "cache", progress=False)
+    empty = tokenize_prompt(tokenizer, {i: t for t, i in tokenizer.get_vocab().items()}, "")[0]
+    outcomes = []
+    for key in [(e, i) for e in range(4) for i in range(4)]:
+        a, b, c = kept[key], dropped[key], half[key]
+        assert torch.equal(a["pixel_values"], b["pixel_values"]) and a["labels"] == c["labels"]
+        assert torch.equal(b["input_ids"], empty) and not b["hand_token_mask"].any()
+        outcomes.append(torch.equal(c["input_ids"], empty))
+    assert 0 < sum(outcomes) < len(outcomes)  # about half are dropped, by the item's own draw
+    assert kept.caption_dropout == 0.0
 
 
 def test_sesahand_dataset_source(toy_records, tmp_path):

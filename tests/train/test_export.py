@@ -20,7 +20,8 @@ from sesahand.control import read_control_metadata  # noqa: E402
 from sesahand.train import export as te  # noqa: E402
 from sesahand.train import model as tm  # noqa: E402
 
-METADATA = {"fusion": "gate", "w": 1.0, "alpha": 2.0, "render_style": "mesh", "config_hash": "abc123"}
+METADATA = {"fusion": "gate", "w": 1.0, "hierarchy": "balanced", "alpha": 2.0, "attention_layers": "all",
+            "render_style": "mesh", "config_hash": "abc123"}
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +74,8 @@ def test_export_round_trips_exactly_with_the_header(controlnet, tmp_path):
         header = f.metadata()
     assert header["sesahand.config_hash"] == "abc123"
     settings = read_control_metadata(path)
-    assert (settings.fusion.fusion, settings.fusion.w) == ("gate", 1.0)
-    assert (settings.alpha, settings.render_style) == (2.0, "mesh")
+    assert (settings.fusion.fusion, settings.fusion.w, settings.fusion.hierarchy) == ("gate", 1.0, "balanced")
+    assert (settings.alpha, settings.attention_layers, settings.render_style) == (2.0, "all", "mesh")
     back = te.original_to_diffusers(stored, controlnet.config, path.name)
     assert states_equal(back, controlnet.state_dict())
 
@@ -121,6 +122,8 @@ def test_build_controlnet_refuses_other_files(unet, tmp_path):
     ({"w": 2.0}, "w must be a number in \\[0, 1\\]"),
     ({"alpha": -1.0}, "sesahand.alpha = -1.0 must be >= 0"),
     ({"render_style": "sketch"}, "render_style = 'sketch' is unknown"),
+    ({"attention_layers": "encoder"}, "attention_layers = 'encoder' is unknown"),
+    ({"hierarchy": "mean"}, "hierarchy 'mean' is unknown"),
     ({"config_hash": ""}, "config_hash must be a non-empty string"),
     ({"extra": 1}, "unknown \\['extra'\\]"),
 ])

@@ -20,9 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sesahand.train.config import AugmentConfig, OptimConfig
+from sesahand.train.data import MODEL_KEYS
 from sesahand.train.loop import list_checkpoints, make_optimizer, train
-
-MODEL_KEYS = ("pixel_values", "conditioning", "input_ids", "hand_token_mask")
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +67,8 @@ def test_loss_falls_and_export_carries_metadata(full_run):
     assert after < 0.8 * before, (before, after)
     meta = read_control_metadata(result.export_path)
     assert (meta.fusion.fusion, meta.fusion.w, meta.alpha, meta.render_style) == ("tokens", 1.0, 2.0, "mesh")
+    m = config.model  # every inference setting of the config is in the file
+    assert (meta.fusion.hierarchy, meta.attention_layers) == (m.hierarchy, m.attention_layers) == ("balanced", "all")
     with safe_open(str(result.export_path), "pt") as f:
         from sesahand.train.config import config_hash
 
