@@ -114,31 +114,36 @@ def anny_cache_file(cache_dir: str | Path | None = None) -> Path:
     return folder / f"anny-{anny.__version__}-{ANNY_RIG}.safetensors"
 
 
-def build_anny_cache(path: Path) -> None:
-    """Build the Anny hand from the package assets and save its compact data to ``path``.
+def build_anny_cache(path: Path, rig: str = ANNY_RIG, topology: str = ANNY_TOPOLOGY,
+                     what: str = "hand", duration: str = "1-3 minutes") -> None:
+    """Build an Anny model (default: the hand) from the package assets and save its compact
+    data to ``path``.
 
     The package's large scratch cache goes to a temporary folder that is removed afterwards;
     ``path`` is written atomically (temporary file, then rename), so an interrupted build
-    leaves nothing behind. Takes one to three minutes on 2 CPU cores.
+    leaves nothing behind. The hand takes one to three minutes on 2 CPU cores.
+
+    Args:
+        rig, topology: Anny's rig and topology names (the full body: see ``hands.arm``).
+        what, duration: for the log lines (``"hand"``, ``"1-3 minutes"``).
     """
     _import_anny()
     from anny import Anny
     from anny import paths as anny_paths
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("building the Anny hand model once (1-3 minutes); it will be cached in %s", path)
+    log.info("building the Anny %s model once (%s); it will be cached in %s", what, duration, path)
     start = time.perf_counter()
     previous = anny_paths.get_anny_cache_path()
     with tempfile.TemporaryDirectory(prefix="anny-build-") as scratch:
         anny_paths.set_anny_cache_path(scratch)
         try:
-            model = Anny(rig=ANNY_RIG, topology=ANNY_TOPOLOGY)
-            data = model.to_model_data()
+            data = Anny(rig=rig, topology=topology).to_model_data()
         finally:
             anny_paths.set_anny_cache_path(previous)
     with atomic_path(path) as tmp:
         data.save_safetensors(str(tmp))
-    log.info("Anny hand model built in %.0f s", time.perf_counter() - start)
+    log.info("Anny %s model built in %.0f s", what, time.perf_counter() - start)
 
 
 def _rest_frame(finger: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:

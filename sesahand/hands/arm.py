@@ -35,16 +35,13 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..io import atomic_path
-from .anny_model import _import_anny, _rest_frame, default_cache_dir
+from .anny_model import _import_anny, _rest_frame, build_anny_cache, default_cache_dir
 from .types import HandMesh
 
 log = logging.getLogger(__name__)
@@ -106,26 +103,10 @@ def anny_body_cache_file(cache_dir: str | Path | None = None) -> Path:
 
 
 def build_anny_body_cache(path: Path) -> None:
-    """Build Anny's full body from the package assets and save its compact data to ``path``
-    (atomically; the package's scratch cache goes to a removed temporary folder). Slow: minutes
-    on 2 CPU cores (measured: 632 s wall, 101 s CPU, on a loaded machine), once."""
-    _import_anny()
-    from anny import Anny
-    from anny import paths as anny_paths
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("building the Anny body model once (several minutes); it will be cached in %s", path)
-    start = time.perf_counter()
-    previous = anny_paths.get_anny_cache_path()
-    with tempfile.TemporaryDirectory(prefix="anny-body-build-") as scratch:
-        anny_paths.set_anny_cache_path(scratch)
-        try:
-            data = Anny(rig=ANNY_BODY_RIG, topology=ANNY_BODY_TOPOLOGY).to_model_data()
-        finally:
-            anny_paths.set_anny_cache_path(previous)
-    with atomic_path(path) as tmp:
-        data.save_safetensors(str(tmp))
-    log.info("Anny body model built in %.0f s", time.perf_counter() - start)
+    """Build Anny's full body and save its compact data to ``path`` (as
+    :func:`build_anny_cache`). Slow: minutes on 2 CPU cores (measured: 632 s wall, 101 s CPU,
+    on a loaded machine), once."""
+    build_anny_cache(path, ANNY_BODY_RIG, ANNY_BODY_TOPOLOGY, what="body", duration="several minutes")
 
 
 def _rotation_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
