@@ -28,9 +28,10 @@ def skin_render():
     """(image uint8 (512, 512, 3), labels) of an open right palm."""
     import numpy as np
 
-    from sesahand.hands import Camera, PoseSpec, load_hand_model
+    from sesahand.camera import Camera
+    from sesahand.hands import PoseSpec, load_hand_model
     from sesahand.pipeline import render_scenes
-    from sesahand.render.maps import HAND_COLORS
+    from sesahand.hands.types import HAND_COLORS
 
     model = load_hand_model("anny")
     scenes = PoseSpec.preset("open_palm").resolve(model, Camera.default(512, 512), 1)

@@ -660,7 +660,8 @@ def write_thumbnail(name: str, object_info: dict, path: Path) -> Path:
     import numpy as np
     from PIL import Image, ImageDraw, ImageFont
 
-    from sesahand.hands import Camera, PoseSpec, load_hand_model
+    from sesahand.camera import Camera
+    from sesahand.hands import PoseSpec, load_hand_model
     from sesahand.hands.anny_model import default_cache_dir
     from sesahand.pipeline import render_scenes
 

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from PIL import Image
 
-    from sesahand.hands import Camera, PoseSpec, load_hand_model
+    from sesahand.camera import Camera
+    from sesahand.hands import PoseSpec, load_hand_model
     from sesahand.io import atomic_write_bytes
     from sesahand.pipeline import render_scenes
 

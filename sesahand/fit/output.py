@@ -23,9 +23,10 @@ from PIL import Image, ImageDraw
 from ..eval.alignment import DETECTED_COLOR, LABEL_COLOR
 from ..hands.base import HandModel
 from ..hands.poses import PoseSpec, parse_pose_document
-from ..hands.types import Camera, HandScene
+from ..camera import Camera
+from ..hands.types import HAND_COLORS, HandScene
 from ..pipeline import RenderedHands, render_scenes
-from ..render import HAND_COLORS, Conditions
+from ..render import Conditions
 from ..render.maps import OPENPOSE_HAND_EDGES
 from .fitter import FittedHand
 from .framing import Framing

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..io import atomic_write_bytes
-from ..render.maps import HAND_COLORS
-from .types import HandMesh
+from .types import HAND_COLORS, HandMesh
 
 
 def export_glb(meshes: Sequence[HandMesh], path: str | Path) -> Path:
@@ -16,7 +15,7 @@ def export_glb(meshes: Sequence[HandMesh], path: str | Path) -> Path:
     Vertices are converted from the OpenCV camera frame (y down, z forward) to glTF's
     (y up, z towards the viewer) by negating y and z, so viewers show the hands upright as
     in the image. One node per hand, named ``<side>_hand_<i>``, coloured like the mesh condition
-    (``sesahand.render.maps.HAND_COLORS``).
+    (``sesahand.hands.types.HAND_COLORS``).
 
     Raises: ValueError when ``meshes`` is empty.
     """

@@ -48,11 +48,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-#: Base colours (RGB in 0..1) of the shaded mesh image, per hand side.
-HAND_COLORS = {
-    "right": (0.40, 0.60, 1.00),  # light blue
-    "left": (1.00, 0.55, 0.35),  # orange
-}
+from ..hands.types import HAND_COLORS
+
 
 #: Base colour (RGB in 0..1) of arms in the shaded mesh image.
 ARM_COLOR = (0.60, 0.60, 0.60)
