@@ -45,6 +45,17 @@ def task_path(task_file: str) -> str:
                             f"or give task_file; {SETUP_HINT}")
 
 
+def task_file_problem(task_file: str | None) -> str | None:
+    """Why a ``task_file`` widget value is refused (outside the model folders, not a regular
+    file, too large), or None; for ``validate_inputs`` (a linked value arrives as None)."""
+    if task_file is not None and task_file.strip():
+        try:
+            task_path(task_file)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
 @atexit.register
 def _close_detectors() -> None:
     """Close the kept detectors before the interpreter tears MediaPipe down (else its
@@ -104,12 +115,7 @@ class SesaHandAlignmentCheck(io.ComfyNode):
         if min_pck is not None and (isinstance(min_pck, bool) or not isinstance(min_pck, (int, float))
                                     or not 0.0 <= min_pck <= 1.0):
             return f"min_pck {str(min_pck)[:40]!r} is not a number in 0..1"
-        if task_file is not None and task_file.strip():
-            try:
-                task_path(task_file)
-            except ValueError as exc:
-                return str(exc)
-        return True
+        return task_file_problem(task_file) or True
 
     @classmethod
     def execute(cls, images: torch.Tensor, hands: RenderedHands, min_pck: float, require_side: bool,

@@ -15,7 +15,7 @@ from ..sesahand.fit.output import overlay_for, pose_document, pose_frame, pose_s
 from ..sesahand.fit.photo import check_photo_size
 from ..sesahand.io import to_float, to_uint8
 from ..sesahand.limits import MAX_FOV_DEG, MAX_IMAGE_SIDE, MIN_FOV_DEG, check_fov
-from .alignment import TASK_FILE_TOOLTIP, cached_detector, task_path
+from .alignment import TASK_FILE_TOOLTIP, cached_detector, task_file_problem
 from .hands import HandModelChoice, HandModelType, PoseType
 from .render import size_error
 
@@ -99,12 +99,7 @@ class SesaHandHandPoseFromImage(io.ComfyNode):
                 return str(exc)
         if hands is not None and hands not in HAND_CHOICES:
             return f"hands {str(hands)[:40]!r} is unknown; choose one of {list(HAND_CHOICES)}"
-        if task_file is not None and task_file.strip():
-            try:
-                task_path(task_file)
-            except ValueError as exc:
-                return str(exc)
-        return True
+        return task_file_problem(task_file) or True
 
     @classmethod
     def execute(cls, image: torch.Tensor, hand_model: HandModelChoice, hands: str, min_score: float, fov: float,
