@@ -3,9 +3,11 @@
 Room map: one line per room, what it owns, and the rooms it may import (relative imports;
 "later" marks imports made inside a function). Base rooms first; a room never imports one
 listed below it except where noted. ``nodes/`` (outside this package) may import any room;
-nothing here imports ``nodes/`` or ComfyUI.
+nothing here imports ``nodes/`` or ComfyUI. ``tests/test_rooms.py`` checks that the rooms import
+each other without a cycle.
 
-* ``io``: atomic file writes. Imports no room.
+* ``io``: atomic file writes, the image pixel conversion float 0..1 <-> uint8 (``to_uint8``,
+  ``to_float``). Imports no room.
 * ``limits``: every size limit (image sides, pixels, file sizes, counts). Imports no room.
 * ``safe_paths``: the rule for untrusted file paths (inside their folder, regular, capped). Imports no room.
 * ``comfy_graph``: ComfyUI frontend widget rules (input order, widget slots, control values,

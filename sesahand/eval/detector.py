@@ -43,6 +43,9 @@ TASK_NAME = "hand_landmarker.task"
 #: Environment variable naming the ``hand_landmarker.task`` file.
 TASK_ENV = "SESAHAND_HAND_LANDMARKER"
 
+#: The ``--task`` option's help of every command that detects hands.
+TASK_HELP = f"{TASK_NAME} (default: ${TASK_ENV}; build one with qa-model)"
+
 #: Members of the mediapipe 0.10.21 wheel -> names inside a ``.task`` file.
 TASK_MEMBERS = {
     "mediapipe/modules/palm_detection/palm_detection_full.tflite": "hand_detector.tflite",
