@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, to_uint8
 from .types import HAND_COLORS, HandMesh
 
 
@@ -29,7 +29,7 @@ def export_glb(meshes: Sequence[HandMesh], path: str | Path) -> Path:
     for i, mesh in enumerate(meshes):
         tm = trimesh.Trimesh(vertices=mesh.vertices.detach().cpu().numpy() * flip,
                              faces=mesh.faces.cpu().numpy(), process=False)
-        rgba = [round(255 * c) for c in HAND_COLORS[mesh.side]] + [255]
+        rgba = [*to_uint8(np.array(HAND_COLORS[mesh.side])), 255]
         tm.visual.vertex_colors = np.tile(rgba, (len(tm.vertices), 1))
         scene.add_geometry(tm, node_name=f"{mesh.side}_hand_{i}", geom_name=f"{mesh.side}_hand_{i}")
     return atomic_write_bytes(path, scene.export(file_type="glb"))
