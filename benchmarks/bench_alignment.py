@@ -28,9 +28,11 @@ def skin_render():
     """(image uint8 (512, 512, 3), labels) of an open right palm."""
     import numpy as np
 
-    from sesahand.hands import Camera, PoseSpec, load_hand_model
+    from sesahand.camera import Camera
+    from sesahand.hands import PoseSpec, load_hand_model
+    from sesahand.hands.types import HAND_COLORS
+    from sesahand.io import to_uint8
     from sesahand.pipeline import render_scenes
-    from sesahand.render.maps import HAND_COLORS
 
     model = load_hand_model("anny")
     scenes = PoseSpec.preset("open_palm").resolve(model, Camera.default(512, 512), 1)
@@ -38,7 +40,7 @@ def skin_render():
     shade = cond.mesh[0].numpy().max(-1, keepdims=True) / max(HAND_COLORS["right"])
     m = cond.mask[0].numpy()[..., None]
     image = m * shade * np.array([0.87, 0.67, 0.55]) + (1 - m) * np.array([0.85, 0.88, 0.92])
-    return (image * 255).round().astype(np.uint8), rendered.labels[0]
+    return to_uint8(image), rendered.labels[0]
 
 
 def main() -> int:

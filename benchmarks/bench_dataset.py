@@ -33,7 +33,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from sesahand.data import PNG_COMPRESS_LEVEL, DatasetWriter  # noqa: E402
-from sesahand.hands import Camera, PoseSpec, load_hand_model  # noqa: E402
+from sesahand.camera import Camera  # noqa: E402
+from sesahand.hands import PoseSpec, load_hand_model  # noqa: E402
 from sesahand.pipeline import render_scenes  # noqa: E402
 
 SIZE = 512

@@ -52,7 +52,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import trimesh  # noqa: E402
 
-from sesahand.hands.types import Camera, HandMesh  # noqa: E402
+from sesahand.camera import Camera  # noqa: E402
+from sesahand.hands.types import HandMesh  # noqa: E402
 from sesahand.render import Renderer  # noqa: E402
 from sesahand.render.renderer import resolve_backend  # noqa: E402
 

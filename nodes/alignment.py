@@ -12,13 +12,17 @@ import torch
 from comfy_api.latest import io
 
 from ..sesahand import limits
-from ..sesahand.eval import TASK_ENV, HandKeypointDetector, Thresholds, check_alignment, draw_overlay
+from ..sesahand.eval import SETUP_HINT, TASK_ENV, TASK_NAME, HandKeypointDetector, Thresholds, check_alignment, draw_overlay
+from ..sesahand.io import to_float, to_uint8
 from ..sesahand.pipeline import RenderedHands
 from ..sesahand.safe_paths import resolve_input_file
+from .batch import frame_indices
 from .render import HandsType
 
-#: File name looked for in the ``sesahand`` model folders when no path is given.
-TASK_NAME = "hand_landmarker.task"
+#: The ``task_file`` input of every node that detects hands: its search order, in words
+#: (:func:`task_path`).
+TASK_FILE_TOOLTIP = (f"Name of a {TASK_NAME} file in models/sesahand (paths outside the sesahand model "
+                     f"folders are refused); empty: ${TASK_ENV}, then models/sesahand/{TASK_NAME}.")
 
 _DETECTORS: dict[tuple[str, float, int], HandKeypointDetector] = {}
 
@@ -37,11 +41,19 @@ def task_path(task_file: str) -> str:
         if os.path.isfile(candidate):
             return str(resolve_input_file(TASK_NAME, [folder], what=TASK_NAME,
                                           max_bytes=limits.MAX_TASK_FILE_BYTES))
-    raise FileNotFoundError(
-        f"no hand landmarker model: put {TASK_NAME} in {folders[0]}, "
-        f"set {TASK_ENV}, or give task_file. Build it with: pip download --no-deps mediapipe==0.10.21 "
-        "-d wheels/ && python -m sesahand qa-model --source wheels/mediapipe-0.10.21-<tag>.whl --out "
-        f"{TASK_NAME}")
+    raise FileNotFoundError(f"no hand landmarker model: put {TASK_NAME} in {folders[0]}, set {TASK_ENV}, "
+                            f"or give task_file; {SETUP_HINT}")
+
+
+def task_file_problem(task_file: str | None) -> str | None:
+    """Why a ``task_file`` widget value is refused (outside the model folders, not a regular
+    file, too large), or None; for ``validate_inputs`` (a linked value arrives as None)."""
+    if task_file is not None and task_file.strip():
+        try:
+            task_path(task_file)
+        except ValueError as exc:
+            return str(exc)
+    return None
 
 
 @atexit.register
@@ -85,10 +97,7 @@ class SesaHandAlignmentCheck(io.ComfyNode):
                                        "within 10% of its box size of the label."),
                 io.Boolean.Input("require_side", default=True,
                                  tooltip="A hand also needs the detected side (left/right) to match."),
-                io.String.Input("task_file", default="",
-                                tooltip=f"Name of a {TASK_NAME} file in models/sesahand (paths outside "
-                                        f"the sesahand model folders are refused); empty: ${TASK_ENV}, "
-                                        f"then models/sesahand/{TASK_NAME}."),
+                io.String.Input("task_file", default="", tooltip=TASK_FILE_TOOLTIP),
             ],
             outputs=[
                 io.String.Output("scores", display_name="scores",
@@ -106,20 +115,13 @@ class SesaHandAlignmentCheck(io.ComfyNode):
         if min_pck is not None and (isinstance(min_pck, bool) or not isinstance(min_pck, (int, float))
                                     or not 0.0 <= min_pck <= 1.0):
             return f"min_pck {str(min_pck)[:40]!r} is not a number in 0..1"
-        if task_file is not None and task_file.strip():
-            try:
-                task_path(task_file)
-            except ValueError as exc:
-                return str(exc)
-        return True
+        return task_file_problem(task_file) or True
 
     @classmethod
     def execute(cls, images: torch.Tensor, hands: RenderedHands, min_pck: float, require_side: bool,
                 task_file: str) -> io.NodeOutput:
-        batch, frames = images.shape[0], len(hands.labels)
-        if frames not in (1, batch):
-            raise ValueError(f"hands: {frames} frames for {batch} images; render one frame, or one "
-                             "frame per image")
+        batch = images.shape[0]
+        frames = frame_indices(len(hands.labels), batch, "hands")
         height, width = images.shape[1:3]
         for scene in hands.scenes:
             if (scene.camera.width, scene.camera.height) != (width, height):
@@ -128,14 +130,14 @@ class SesaHandAlignmentCheck(io.ComfyNode):
                                  "hands were rendered for (no resize or crop in between)")
         detector = cached_detector(task_file)
         thresholds = Thresholds(min_pck=min_pck, require_side=require_side)
-        pixels = (images.detach().to("cpu", torch.float32).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        pixels = to_uint8(images[..., :3])
         results, overlays = [], []
         for i in range(batch):
-            labels = hands.labels[i if frames == batch else 0]
-            result = check_alignment(pixels[i, ..., :3], labels, detector, thresholds)
+            labels = hands.labels[frames[i]]
+            result = check_alignment(pixels[i], labels, detector, thresholds)
             results.append(result.to_dict())
-            overlays.append(draw_overlay(pixels[i, ..., :3], labels, result))
-        overlay = torch.from_numpy(np.stack(overlays)).to(torch.float32) / 255.0
+            overlays.append(draw_overlay(pixels[i], labels, result))
+        overlay = to_float(np.stack(overlays))
         score = float(np.mean([r["score"] for r in results]))
         return io.NodeOutput(json.dumps(results), score, overlay)
 

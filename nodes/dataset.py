@@ -17,6 +17,7 @@ from ..sesahand.eval import alignment as eval_alignment
 from ..sesahand.pipeline import RenderedHands
 from ..sesahand.safe_paths import make_write_dir
 from . import alignment as alignment_node
+from .batch import frame_indices
 from .render import HandsType
 
 UNKNOWN = "(unknown)"
@@ -62,15 +63,6 @@ def _model_path(folder: str, name: str) -> str | None:
     if path is None:
         raise ValueError(f"{folder} file {name!r} not found; pick one from the list or {UNKNOWN}")
     return path
-
-
-def _frame(batch: torch.Tensor | None, i: int, count: int, name: str):
-    """Frame i of an optional batch holding ``count`` frames or one (shared by every image)."""
-    if batch is None:
-        return None
-    if batch.shape[0] not in (1, count):
-        raise ValueError(f"{name}: {batch.shape[0]} frames for {count} images; give one frame per image or one")
-    return batch[i if batch.shape[0] > 1 else 0]
 
 
 def _alignment_detector(threshold: float):
@@ -165,14 +157,12 @@ class SesaHandSaveDatasetSample(io.ComfyNode):
         checkpoint = _model_path("checkpoints", ckpt_name)
         controlnet = _model_path("controlnet", controlnet_name)
         count = images.shape[0]
-        if len(hands.scenes) not in (1, count):
-            raise ValueError(f"hands: {len(hands.scenes)} frames for {count} images; render one frame per "
-                             "image (Render Conditions batch_size) or one frame for all")
-        conditions = {"mesh": mesh, "depth": depth, "normal": normal, "mask": mask}
-        frames = []
-        for i in range(count):
-            f = i if len(hands.scenes) > 1 else 0
-            frames.append((i, f, {n: _frame(c, i, count, n) for n, c in conditions.items() if c is not None}))
+        hand_frames = frame_indices(len(hands.scenes), count, "hands")
+        conditions = {n: (c, frame_indices(c.shape[0], count, n))
+                      for n, c in {"mesh": mesh, "depth": depth, "normal": normal, "mask": mask}.items()
+                      if c is not None}
+        frames = [(i, f, {n: c[index[i]] for n, (c, index) in conditions.items()})
+                  for i, f in enumerate(hand_frames)]
 
         alignments, skipped = {}, []
         if alignment_threshold > 0:

@@ -48,7 +48,8 @@ from ..sesahand.hands.anatomy import (
 )
 from ..sesahand.hands.base import mirror_rotvec
 from ..sesahand.hands.poses import PRESENT_ORIENT, PRESET_BOX_FRACTION, load_presets, parse_pose_document
-from ..sesahand.hands.types import SIDES, Camera
+from ..sesahand.camera import Camera
+from ..sesahand.hands.types import SIDES
 from .hands import MODEL_CHOICES, PoseType, SesaHandHandModel
 
 log = logging.getLogger(__name__)

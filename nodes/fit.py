@@ -13,8 +13,9 @@ from comfy_api.latest import io, ui
 from ..sesahand.fit import DEFAULT_FOV_DEG, HAND_CHOICES, MAX_HANDS, FitOptions, Framing, fit_hands, photo_intrinsics
 from ..sesahand.fit.output import overlay_for, pose_document, pose_frame, pose_spec
 from ..sesahand.fit.photo import check_photo_size
+from ..sesahand.io import to_float, to_uint8
 from ..sesahand.limits import MAX_FOV_DEG, MAX_IMAGE_SIDE, MIN_FOV_DEG, check_fov
-from .alignment import TASK_NAME, cached_detector, task_path
+from .alignment import TASK_FILE_TOOLTIP, cached_detector, task_file_problem
 from .hands import HandModelChoice, HandModelType, PoseType
 from .render import size_error
 
@@ -69,9 +70,7 @@ class SesaHandHandPoseFromImage(io.ComfyNode):
                                tooltip="crop: scale to cover the output and cut the overhang; letterbox: "
                                        "scale to fit and add black bands. The camera is adjusted either "
                                        "way, so the aspect is kept."),
-                io.String.Input("task_file", default="",
-                                tooltip=f"Path of {TASK_NAME}; empty: $SESAHAND_HAND_LANDMARKER, then "
-                                        f"models/sesahand/{TASK_NAME}."),
+                io.String.Input("task_file", default="", tooltip=TASK_FILE_TOOLTIP),
             ],
             outputs=[
                 PoseType.Output("pose", display_name="pose",
@@ -100,12 +99,7 @@ class SesaHandHandPoseFromImage(io.ComfyNode):
                 return str(exc)
         if hands is not None and hands not in HAND_CHOICES:
             return f"hands {str(hands)[:40]!r} is unknown; choose one of {list(HAND_CHOICES)}"
-        if task_file is not None and task_file.strip():
-            try:
-                task_path(task_file)
-            except ValueError as exc:
-                return str(exc)
-        return True
+        return task_file_problem(task_file) or True
 
     @classmethod
     def execute(cls, image: torch.Tensor, hand_model: HandModelChoice, hands: str, min_score: float, fov: float,
@@ -121,8 +115,7 @@ class SesaHandHandPoseFromImage(io.ComfyNode):
         frames, overlays, framed, lines = [], [], [], []
         for i in range(batch):
             comfy.model_management.throw_exception_if_processing_interrupted()
-            pixels = (image[i, ..., :3].detach().to("cpu", torch.float32).clamp(0, 1) * 255).round() \
-                .to(torch.uint8).numpy()
+            pixels = to_uint8(image[i, ..., :3])
             fits = fit_hands(pixels, model, detector, hands=hands, fov_deg=fov, options=options)
             frames.append(pose_frame(fits, K, frame))
             overlays.append(overlay_for(model, pixels, fits, K, frame, title=f"image {i}"))
@@ -136,10 +129,8 @@ class SesaHandHandPoseFromImage(io.ComfyNode):
             bar.update_absolute(i + 1, batch)
         spec = pose_spec(pose_document(frames))
 
-        def stack(images):
-            return torch.from_numpy(np.stack(images)).to(torch.float32) / 255.0
-
-        return io.NodeOutput(spec, stack(overlays), stack(framed), ui=ui.PreviewText("\n".join(lines)))
+        return io.NodeOutput(spec, to_float(np.stack(overlays)), to_float(np.stack(framed)),
+                             ui=ui.PreviewText("\n".join(lines)))
 
 
 #: Node classes this module adds to the extension.

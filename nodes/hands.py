@@ -11,7 +11,8 @@ from comfy_api.latest import io
 from ..sesahand import limits
 from ..sesahand.hands import PRESET_NAMES, HandModel, PoseSpec, load_hand_model
 from ..sesahand.hands.safe_pickle import MANO_DOWNLOAD
-from ..sesahand.hands.types import SIDES, Camera, HandScene
+from ..sesahand.camera import Camera
+from ..sesahand.hands.types import SIDES, HandScene
 from ..sesahand.safe_paths import PathRefused, read_input_file, resolve_input_file
 
 #: Hand model combo label -> ``load_hand_model`` name.

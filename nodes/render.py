@@ -13,7 +13,7 @@ from ..sesahand import limits
 from ..sesahand.hands import PoseSpec
 from ..sesahand.hands.arm import ARM_KINDS
 from ..sesahand.hands.export import export_glb
-from ..sesahand.hands.types import Camera
+from ..sesahand.camera import Camera
 from ..sesahand.pipeline import RenderedHands, render_scenes
 from ..sesahand.render import BACKENDS
 from ..sesahand.safe_paths import make_write_dir

@@ -26,8 +26,10 @@ import torch
 from comfy_api.latest import io
 from PIL import Image
 
+from ..sesahand.io import to_uint8
 from ..sesahand.semantics import (FIELDS, Captioner, Extractor, SemanticsPipeline,
                                   compose_prompt)
+from .batch import frame_indices
 from .render import HandsType
 
 logger = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ def tensor_to_images(image: torch.Tensor) -> list[Image.Image]:
     if image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
         raise ValueError(f"image: expected an IMAGE batch [B, H, W, C] with C 1, 3 or 4, got "
                          f"shape {tuple(image.shape)}")
-    pixels = (image.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    pixels = to_uint8(image)
     images = []
     for frame in pixels:
         if frame.shape[-1] == 1:
@@ -117,13 +119,9 @@ def hands_joints(hands, count: int) -> list[list[tuple[np.ndarray, str]]]:
     Raises:
         ValueError: ``hands`` has neither 1 nor ``count`` frames.
     """
-    frames = len(hands.labels)
-    if frames not in (1, count):
-        raise ValueError(f"hands has {frames} frames for {count} images: connect hands rendered "
-                         "with the same batch size as the image, or with batch size 1")
     joints = [[(np.asarray(label.joints3d, dtype=np.float32), label.side) for label in frame]
               for frame in hands.labels]
-    return joints * count if frames == 1 else joints
+    return [joints[f] for f in frame_indices(len(joints), count, "hands")]
 
 
 class SesaHandLoadSemanticsModels(io.ComfyNode):

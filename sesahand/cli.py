@@ -110,7 +110,8 @@ def cmd_render(args) -> int:
 
     from tqdm import tqdm
 
-    from .hands import Camera, load_hand_model
+    from .camera import Camera
+    from .hands import load_hand_model
     from .pipeline import render_scenes
 
     out = Path(args.out).absolute()

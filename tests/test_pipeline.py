@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sesahand.hands import PoseSpec
-from sesahand.hands.types import Camera
+from sesahand.camera import Camera
 from sesahand.pipeline import render_scenes
 
 

@@ -55,7 +55,8 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:  # run as a script: make the repository importable
     sys.path.insert(0, str(REPO))
 
-from sesahand.io import atomic_write_bytes
+from sesahand.attention import DEFAULT_ALPHA
+from sesahand.io import atomic_write_bytes, to_uint8
 from sesahand.comfy_graph import CONTROL_MODES, VIRTUAL_NODES, NodeInput, combo_choices, input_options, input_spec
 from sesahand.comfy_graph import node_inputs as frontend_inputs
 from sesahand.queue import ui_to_api
@@ -214,7 +215,7 @@ def _sesahand_workflow(random_pose: bool) -> list[Spec]:
         Spec("sampler", "SesaHandHandAttentionSampler", 4,
              values={"seed": 0 if random_pose else 42, "steps": 25, "cfg": 7.0,
                      "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0, "hand_terms": "",
-                     "alpha": 2.0, "layers": "decoder", "start_percent": 0.0, "end_percent": 1.0},
+                     "alpha": DEFAULT_ALPHA, "layers": "decoder", "start_percent": 0.0, "end_percent": 1.0},
              controls={"seed": seed_control},
              links={"model": "checkpoint.MODEL", "positive": "apply.positive", "negative": "apply.negative",
                     "latent_image": "latent.LATENT", "clip": "checkpoint.CLIP", "prompt": "prompt.STRING",
@@ -390,7 +391,7 @@ def _public_controlnet_workflow(sdxl: bool) -> list[Spec]:
         Spec("sampler", "SesaHandHandAttentionSampler", 4,
              values={"seed": 42, "steps": 30 if sdxl else 25, "cfg": 6.0 if sdxl else 7.0,
                      "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0, "hand_terms": "",
-                     "alpha": 2.0, "layers": "decoder", "start_percent": 0.0, "end_percent": 1.0},
+                     "alpha": DEFAULT_ALPHA, "layers": "decoder", "start_percent": 0.0, "end_percent": 1.0},
              controls={"seed": "fixed"},
              links={"model": "checkpoint.MODEL", "positive": "apply_pose.positive",
                     "negative": "apply_pose.negative", "latent_image": "latent.LATENT",
@@ -659,10 +660,8 @@ def write_thumbnail(name: str, object_info: dict, path: Path) -> Path:
     """Render the condition maps the workflow ``name`` previews, for its own Hand Pose and Render
     Conditions values, with the open hand, and save them tiled two per row under a caption as a
     JPEG ``path`` (512 px wide)."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
-
-    from sesahand.hands import Camera, PoseSpec, load_hand_model
+    from sesahand.camera import Camera
+    from sesahand.hands import PoseSpec, load_hand_model
     from sesahand.hands.anny_model import default_cache_dir
     from sesahand.pipeline import render_scenes
 
@@ -689,21 +688,28 @@ def write_thumbnail(name: str, object_info: dict, path: Path) -> Path:
             "pose": conditions.pose}
     shown = [s.links["images"].split(".")[1] for s in WORKFLOWS[name] if s.type == "PreviewImage"]
 
+    return _contact_sheet(name, f"condition maps of its hand pose ({described}), rendered by SesaHand; no result",
+                          {key: maps[key][0] for key in shown}, path)
+
+
+def _contact_sheet(name: str, caption: str, tiles: dict, path: Path) -> Path:
+    """A JPEG of ``tiles`` (label -> image: uint8 array or float 0..1 tensor, (H, W) or (H, W, 3))
+    two to a row under the workflow's name and ``caption``, written atomically to ``path``."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
     caption_h = 56
-    rows = math.ceil(len(shown) / 2)
+    rows = math.ceil(len(tiles) / 2)
     sheet = Image.new("RGB", (2 * THUMB_TILE, caption_h + rows * THUMB_TILE), "black")
     draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=18)
     small = ImageFont.load_default(size=13)
-    draw.text((10, 6), name, fill="white", font=font)
-    draw.text((10, 32), f"condition maps of its hand pose ({described}), rendered by SesaHand; no result",
-              fill=(190, 190, 190), font=small)
-    for i, key in enumerate(shown):
-        array = maps[key][0].detach().cpu().float().clamp(0, 1).numpy()
+    draw.text((10, 6), name, fill="white", font=ImageFont.load_default(size=18))
+    draw.text((10, 32), caption, fill=(190, 190, 190), font=small)
+    for i, (key, array) in enumerate(tiles.items()):
+        array = to_uint8(array)
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=2)
-        tile = Image.fromarray((array * 255 + 0.5).astype(np.uint8)).resize((THUMB_TILE, THUMB_TILE),
-                                                                          Image.LANCZOS)
+        tile = Image.fromarray(array).resize((THUMB_TILE, THUMB_TILE), Image.LANCZOS)
         x, y = (i % 2) * THUMB_TILE, caption_h + (i // 2) * THUMB_TILE
         sheet.paste(tile, (x, y))
         draw.text((x + 8, y + 6), key, fill="white", font=small)
@@ -716,9 +722,6 @@ def _photo_thumbnail(name: str, specs: dict, object_info: dict, path: Path) -> P
     """The photo workflow's thumbnail: the shipped demo photo framed as the workflow frames it,
     the fit overlay, and the mesh and depth maps of the fitted hands (needs the MediaPipe hand
     landmarker: ``$SESAHAND_HAND_LANDMARKER``)."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
-
     from sesahand.eval.detector import HandKeypointDetector
     from sesahand.fit import MAX_HANDS, Framing, fit_hands, load_photo, photo_intrinsics
     from sesahand.fit.output import overlay_for, render_fit
@@ -739,25 +742,8 @@ def _photo_thumbnail(name: str, specs: dict, object_info: dict, path: Path) -> P
     cond, _, _ = render_fit(model, fits, K, framing, backend="moderngl")
     tiles = {"photo": framing.image(photo.pixels), "fit overlay": overlay_for(model, photo.pixels, fits, K, framing),
              "mesh": cond.mesh[0], "depth": cond.depth_image[0]}
-    caption_h = 56
-    sheet = Image.new("RGB", (2 * THUMB_TILE, caption_h + 2 * THUMB_TILE), "black")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((10, 6), name, fill="white", font=ImageFont.load_default(size=18))
-    small = ImageFont.load_default(size=13)
-    draw.text((10, 32), f"a real photo ({DEMO_PHOTO.name}), its fit and condition maps; no result",
-              fill=(190, 190, 190), font=small)
-    for i, (key, array) in enumerate(tiles.items()):
-        if not isinstance(array, np.ndarray):
-            array = (array.detach().cpu().float().clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
-        if array.ndim == 2:
-            array = np.repeat(array[..., None], 3, axis=2)
-        tile = Image.fromarray(array).resize((THUMB_TILE, THUMB_TILE), Image.LANCZOS)
-        x, y = (i % 2) * THUMB_TILE, caption_h + (i // 2) * THUMB_TILE
-        sheet.paste(tile, (x, y))
-        draw.text((x + 8, y + 6), key, fill="white", font=small)
-    with tempfile.NamedTemporaryFile(suffix=".jpg") as tmp:
-        sheet.save(tmp.name, quality=88)
-        return atomic_write_bytes(path, Path(tmp.name).read_bytes())
+    return _contact_sheet(name, f"a real photo ({DEMO_PHOTO.name}), its fit and condition maps; no result",
+                          tiles, path)
 
 
 # --------------------------------------------------------------------------- main

@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from PIL import Image
 
-    from sesahand.hands import Camera, PoseSpec, load_hand_model
-    from sesahand.io import atomic_write_bytes
+    from sesahand.camera import Camera
+    from sesahand.hands import PoseSpec, load_hand_model
+    from sesahand.io import atomic_write_bytes, to_uint8
     from sesahand.pipeline import render_scenes
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -42,11 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             cond.arm_mask[0]]
     sheet = Image.new("RGB", (len(maps) * TILE + (len(maps) - 1) * GAP, TILE), (48, 48, 48))
     for i, image in enumerate(maps):
-        array = image.detach().cpu().float().clamp(0, 1).numpy()
+        array = to_uint8(image)
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=2)
-        tile = Image.fromarray((array * 255 + 0.5).astype(np.uint8)).resize((TILE, TILE),
-                                                                          Image.LANCZOS)
+        tile = Image.fromarray(array).resize((TILE, TILE), Image.LANCZOS)
         sheet.paste(tile, (i * (TILE + GAP), 0))
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG", optimize=True)

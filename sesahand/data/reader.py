@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..io import to_float
 from .format import read_labels
 
 
@@ -58,7 +59,7 @@ class HandDataset(Dataset):
             return torch.tensor([h[name] for h in hands], dtype=dtype).reshape(len(hands), *shape)
 
         sample = {
-            "image": torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255.0,
+            "image": to_float(pixels).permute(2, 0, 1),
             "K": torch.tensor(record["K"], dtype=torch.float32),
             "joints3d": stack("joints3d", (21, 3)),
             "joints2d": stack("joints2d", (21, 2)),

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .. import __version__
-from ..io import atomic_path
+from ..io import atomic_path, to_uint8
 from ..safe_paths import check_write_file, make_write_dir
 from .format import (
     CONDITION_NAME,
@@ -65,7 +65,7 @@ def to_uint8_image(image, name: str) -> np.ndarray:
         raise ValueError(f"{name}: expected uint8 or float values in 0..1, got dtype {array.dtype}")
     if not np.isfinite(array).all():
         raise ValueError(f"{name}: the image holds NaN or infinite values")
-    return (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return to_uint8(array)
 
 
 def _condition_image(array: np.ndarray, name: str) -> Image.Image:

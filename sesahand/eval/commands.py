@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .detector import TASK_HELP
+
 log = logging.getLogger("sesahand")
 
 
@@ -77,8 +79,7 @@ def register(sub) -> None:
                                    "into the record's 'alignment' field (labels.jsonl rewritten "
                                    "atomically) and print a summary table.")
     q.add_argument("dataset", metavar="DATASET_DIR", help="dataset folder (labels.jsonl, images/)")
-    q.add_argument("--task", metavar="FILE",
-                   help="hand_landmarker.task (default: $SESAHAND_HAND_LANDMARKER; build one with qa-model)")
+    q.add_argument("--task", metavar="FILE", help=TASK_HELP)
     q.set_defaults(func=cmd_qa)
     m = sub.add_parser("qa-model", help="build MediaPipe's hand_landmarker.task from the mediapipe 0.10.21 wheel",
                        description="Zip the palm detector and hand landmark models of the mediapipe "
@@ -113,8 +114,7 @@ def register(sub) -> None:
                    help="FID Inception-v3 weights: torch-fidelity's "
                         "weights-inception-2015-12-05-6726825d.pth or its .safetensors "
                         "(default: $SESAHAND_INCEPTION)")
-    e.add_argument("--task", metavar="FILE",
-                   help="hand_landmarker.task (default: $SESAHAND_HAND_LANDMARKER)")
+    e.add_argument("--task", metavar="FILE", help=TASK_HELP)
     e.add_argument("--out", default="eval_images.json", metavar="FILE",
                    help="JSON file to write (default ./eval_images.json)")
     e.add_argument("--device", default="auto", help="torch device of the Inception network "

@@ -37,8 +37,14 @@ from ..io import atomic_path
 
 log = logging.getLogger(__name__)
 
+#: File name of the MediaPipe hand landmarker model (looked for in ComfyUI's ``models/sesahand``).
+TASK_NAME = "hand_landmarker.task"
+
 #: Environment variable naming the ``hand_landmarker.task`` file.
 TASK_ENV = "SESAHAND_HAND_LANDMARKER"
+
+#: The ``--task`` option's help of every command that detects hands.
+TASK_HELP = f"{TASK_NAME} (default: ${TASK_ENV}; build one with qa-model)"
 
 #: Members of the mediapipe 0.10.21 wheel -> names inside a ``.task`` file.
 TASK_MEMBERS = {
@@ -46,11 +52,12 @@ TASK_MEMBERS = {
     "mediapipe/modules/hand_landmark/hand_landmark_full.tflite": "hand_landmarks_detector.tflite",
 }
 
-_SETUP_HINT = ("build one with: pip download --no-deps mediapipe==0.10.21 -d wheels/ && "
-               "python -m sesahand qa-model --source wheels/mediapipe-0.10.21-<tag>.whl "
-               "--out hand_landmarker.task; then pass its path or set "
-               f"{TASK_ENV}=/path/to/hand_landmarker.task (in a clone of the pack, `make test-models` "
-               "builds .venv/models/hand_landmarker.task; in ComfyUI put it in models/sesahand)")
+#: How to get a model file (the end of every "no model" error, library and nodes).
+SETUP_HINT = ("build one with: pip download --no-deps mediapipe==0.10.21 -d wheels/ && "
+              "python -m sesahand qa-model --source wheels/mediapipe-0.10.21-<tag>.whl "
+              f"--out {TASK_NAME}; then pass its path or set "
+              f"{TASK_ENV}=/path/to/{TASK_NAME} (in a clone of the pack, `make test-models` "
+              f"builds .venv/models/{TASK_NAME}; in ComfyUI put it in models/sesahand)")
 
 
 def build_hand_landmarker_task(source: str | Path, out: str | Path) -> Path:
@@ -109,10 +116,10 @@ def find_task_path(task_path: str | Path | None = None) -> Path:
     given = task_path if task_path not in (None, "") else os.environ.get(TASK_ENV) or None
     if given is None:
         raise FileNotFoundError(f"no hand landmarker model: give a .task file or set {TASK_ENV}; "
-                                + _SETUP_HINT)
+                                + SETUP_HINT)
     path = Path(given).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"hand landmarker model {path}: file not found; " + _SETUP_HINT)
+        raise FileNotFoundError(f"hand landmarker model {path}: file not found; " + SETUP_HINT)
     return path
 
 
@@ -180,7 +187,7 @@ class HandKeypointDetector:
             self._landmarker = vision.HandLandmarker.create_from_options(options)
         except (RuntimeError, ValueError) as exc:
             raise RuntimeError(f"hand landmarker model {self.task_path}: MediaPipe cannot load it "
-                               f"({exc}); " + _SETUP_HINT) from None
+                               f"({exc}); " + SETUP_HINT) from None
 
     def detect(self, image: np.ndarray) -> list[DetectedHand]:
         """Find hands in one image.

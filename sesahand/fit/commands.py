@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..eval.detector import TASK_HELP
+
 log = logging.getLogger("sesahand")
 
 
@@ -62,7 +64,6 @@ def register(sub) -> None:
     f.add_argument("--max-error", type=float, default=0.06,
                    help="largest mean reprojection error of a kept hand, in hand sizes (default 0.06)")
     f.add_argument("--min-score", type=float, default=0.5, help="least detector score of a kept hand (default 0.5)")
-    f.add_argument("--task", metavar="FILE",
-                   help="hand_landmarker.task (default: $SESAHAND_HAND_LANDMARKER; build one with qa-model)")
+    f.add_argument("--task", metavar="FILE", help=TASK_HELP)
     f.add_argument("--backend", choices=("auto", "moderngl", "nvdiffrast"), default="auto")
     f.set_defaults(func=cmd_fit)

@@ -20,12 +20,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..camera import Camera
 from ..eval.alignment import DETECTED_COLOR, LABEL_COLOR
 from ..hands.base import HandModel
 from ..hands.poses import PoseSpec, parse_pose_document
-from ..hands.types import Camera, HandScene
+from ..hands.types import HAND_COLORS, HandScene
+from ..io import to_uint8
 from ..pipeline import RenderedHands, render_scenes
-from ..render import HAND_COLORS, Conditions
+from ..render import Conditions
 from ..render.maps import OPENPOSE_HAND_EDGES
 from .fitter import FittedHand
 from .framing import Framing
@@ -164,7 +166,7 @@ def draw_fit_overlay(photo: np.ndarray, fits: Sequence[FittedHand], masks: np.nd
             thick = edge.copy()
             thick[1:] |= edge[:-1]
             thick[:, 1:] |= edge[:, :-1]
-            colour = np.array([round(255 * c) for c in HAND_COLORS[f.side]] if f.ok else REJECTED_COLOR)
+            colour = to_uint8(np.array(HAND_COLORS[f.side])) if f.ok else np.array(REJECTED_COLOR)
             canvas[thick] = colour
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)

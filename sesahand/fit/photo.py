@@ -28,6 +28,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..io import to_uint8
 from ..limits import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MAX_PHOTO_FILE_BYTES, check_fov, check_image_size
 
 #: Longest accepted photo side in pixels (the pack's image limit).
@@ -156,7 +157,7 @@ def as_rgb8(image, name: str = "image") -> np.ndarray:
     if a.dtype != np.uint8:
         if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
             raise ValueError(f"{name}: expected uint8 or finite float 0..1 pixels, got {a.dtype}")
-        a = np.clip(np.round(a * 255.0), 0, 255).astype(np.uint8)
+        a = to_uint8(a)
     if a.shape[2] == 4:
         alpha = a[..., 3:4].astype(np.float32) / 255.0
         a = np.round(a[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)

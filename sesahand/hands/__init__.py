@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .base import HandModel
 from .poses import PRESET_NAMES, PoseSpec
-from .types import Camera, HandMesh, HandParams, HandScene
+from .types import Camera, HandMesh, HandParams, HandScene  # Camera: re-export of sesahand.camera (train uses it)
 
 HAND_MODELS = ("anny", "mano")
 

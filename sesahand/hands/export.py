@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..io import atomic_write_bytes
-from ..render.maps import HAND_COLORS
-from .types import HandMesh
+from ..io import atomic_write_bytes, to_uint8
+from .types import HAND_COLORS, HandMesh
 
 
 def export_glb(meshes: Sequence[HandMesh], path: str | Path) -> Path:
@@ -16,7 +15,7 @@ def export_glb(meshes: Sequence[HandMesh], path: str | Path) -> Path:
     Vertices are converted from the OpenCV camera frame (y down, z forward) to glTF's
     (y up, z towards the viewer) by negating y and z, so viewers show the hands upright as
     in the image. One node per hand, named ``<side>_hand_<i>``, coloured like the mesh condition
-    (``sesahand.render.maps.HAND_COLORS``).
+    (``sesahand.hands.types.HAND_COLORS``).
 
     Raises: ValueError when ``meshes`` is empty.
     """
@@ -30,7 +29,7 @@ def export_glb(meshes: Sequence[HandMesh], path: str | Path) -> Path:
     for i, mesh in enumerate(meshes):
         tm = trimesh.Trimesh(vertices=mesh.vertices.detach().cpu().numpy() * flip,
                              faces=mesh.faces.cpu().numpy(), process=False)
-        rgba = [round(255 * c) for c in HAND_COLORS[mesh.side]] + [255]
+        rgba = [*to_uint8(np.array(HAND_COLORS[mesh.side])), 255]
         tm.visual.vertex_colors = np.tile(rgba, (len(tm.vertices), 1))
         scene.add_geometry(tm, node_name=f"{mesh.side}_hand_{i}", geom_name=f"{mesh.side}_hand_{i}")
     return atomic_write_bytes(path, scene.export(file_type="glb"))

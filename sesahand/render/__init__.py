@@ -8,8 +8,7 @@ one frame as PNGs. Colour conventions are in ``sesahand.render.maps``.
 """
 
 from .conditions import ArmLabels, Conditions, HandLabels, save_conditions
-from .maps import HAND_COLORS
 from .renderer import BACKENDS, Renderer, render_conditions
 
-__all__ = ["BACKENDS", "HAND_COLORS", "ArmLabels", "Conditions", "HandLabels", "Renderer",
+__all__ = ["BACKENDS", "ArmLabels", "Conditions", "HandLabels", "Renderer",
            "render_conditions", "save_conditions"]

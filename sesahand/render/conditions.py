@@ -6,11 +6,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from ..io import atomic_path
+from ..io import atomic_path, to_uint8
 
 
 @dataclass
@@ -149,10 +148,6 @@ class Conditions:
                    arm_masks=[m for p in parts for m in p.arm_masks] if arms else None)
 
 
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    return (image.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
-
-
 def save_conditions(cond: Conditions, index: int, out_dir) -> dict[str, Path]:
     """Write frame ``index`` of ``cond`` as 8-bit PNGs in ``out_dir`` (created if missing).
 
@@ -175,14 +170,14 @@ def save_conditions(cond: Conditions, index: int, out_dir) -> dict[str, Path]:
         raise IndexError(f"index: frame {index} does not exist; the conditions hold {batch} "
                          f"frame(s), give 0..{batch - 1}")
     images = {
-        "mesh": Image.fromarray(_to_uint8(cond.mesh[index]), "RGB"),
-        "depth": Image.fromarray(_to_uint8(cond.depth_image[index]), "L"),
-        "normal": Image.fromarray(_to_uint8(cond.normal[index]), "RGB"),
-        "pose": Image.fromarray(_to_uint8(cond.pose[index]), "RGB"),
-        "mask": Image.fromarray(_to_uint8(cond.mask[index]), "L"),
+        "mesh": Image.fromarray(to_uint8(cond.mesh[index]), "RGB"),
+        "depth": Image.fromarray(to_uint8(cond.depth_image[index]), "L"),
+        "normal": Image.fromarray(to_uint8(cond.normal[index]), "RGB"),
+        "pose": Image.fromarray(to_uint8(cond.pose[index]), "RGB"),
+        "mask": Image.fromarray(to_uint8(cond.mask[index]), "L"),
     }
     if cond.arm_masks is not None and cond.arm_masks[index].shape[0]:
-        images["arm_mask"] = Image.fromarray(_to_uint8(cond.arm_mask[index]), "L")
+        images["arm_mask"] = Image.fromarray(to_uint8(cond.arm_mask[index]), "L")
     out = Path(out_dir)
     paths = {name: out / f"{name}.png" for name in images}
     with ExitStack() as stack:  # renames happen on leaving, once every file is written

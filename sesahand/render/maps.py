@@ -5,8 +5,9 @@ light at the camera centre), no specular, on black::
 
     colour = HAND_COLORS[side] * (AMBIENT + (1 - AMBIENT) * max(0, n . l))
 
-with ``n`` the unit surface normal turned to face the camera and ``l = -p / |p|`` the unit
-direction from the surface point ``p`` back to the camera.
+with ``HAND_COLORS`` of :mod:`sesahand.hands.types`, ``n`` the unit surface normal turned to
+face the camera and ``l = -p / |p|`` the unit direction from the surface point ``p`` back to
+the camera.
 
 Normal image: the colour convention of the SD1.5 NormalBAE ControlNet
 (``control_v11p_sd15_normalbae``), whose training maps come from Bae et al.'s ScanNet
@@ -48,11 +49,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-#: Base colours (RGB in 0..1) of the shaded mesh image, per hand side.
-HAND_COLORS = {
-    "right": (0.40, 0.60, 1.00),  # light blue
-    "left": (1.00, 0.55, 0.35),  # orange
-}
 
 #: Base colour (RGB in 0..1) of arms in the shaded mesh image.
 ARM_COLOR = (0.60, 0.60, 0.60)

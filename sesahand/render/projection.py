@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..hands.types import Camera
+from ..camera import Camera
 
 #: Near and far clipping planes in metres (camera z). Fixed rather than fitted to the scene so
 #: that every frame of a batch is rasterised with the same depth precision; hand geometry closer

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..hands.types import Camera, HandMesh
+from ..camera import Camera
+from ..hands.types import HandMesh
 from .conditions import ArmLabels, Conditions, HandLabels
 from .maps import draw_hand_poses, fill_hand_pixels
 from .projection import NEAR_M

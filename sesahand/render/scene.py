@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..hands.types import SIDES, Camera, HandMesh
-from .maps import ARM_COLOR, HAND_COLORS, vertex_normals
+from ..camera import Camera
+from ..hands.types import HAND_COLORS, SIDES, HandMesh
+from .maps import ARM_COLOR, vertex_normals
 from .projection import covered_rect, gl_projection
 
 #: The hand index is stored in an 8-bit target (0 = background).

@@ -129,7 +129,7 @@ def test_captioner_gives_the_hands_joints_to_the_pipeline(sem, models, monkeypat
     for per_image in seen[0]:
         ((array, side),) = per_image
         assert side == "right" and np.array_equal(array, joints)
-    with pytest.raises(ValueError, match="hands has 2 frames for 3 images"):
+    with pytest.raises(ValueError, match="hands: 2 frames for 3 images"):
         sem.SesaHandBehaviourCaptioner.execute(models=models, image=torch.rand(3, 16, 16, 3),
                                                hands=fake_hands(2)[0])
 

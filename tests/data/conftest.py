@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sesahand.hands.types import Camera, HandParams, HandScene
+from sesahand.camera import Camera
+from sesahand.hands.types import HandParams, HandScene
 from sesahand.pipeline import RenderedHands
 from sesahand.render import HandLabels
 

@@ -59,7 +59,7 @@ def skin_image(mesh_rgb: np.ndarray, mask: np.ndarray, side: str) -> np.ndarray:
 
     The shading factor of a pixel is its mesh colour over the side's base colour (taken on the
     largest channel, where that ratio is best resolved)."""
-    from sesahand.render.maps import HAND_COLORS
+    from sesahand.hands.types import HAND_COLORS
 
     shade = mesh_rgb.max(-1, keepdims=True) / max(HAND_COLORS[side])
     m = mask[..., None]
@@ -79,7 +79,8 @@ def renders(anny_model) -> list[Render]:
     """The open hand model rendered at every ``VIEWS`` entry, 512 x 512, hand box 300 px."""
     from scipy.spatial.transform import Rotation
 
-    from sesahand.hands import Camera, PoseSpec
+    from sesahand.camera import Camera
+    from sesahand.hands import PoseSpec
     from sesahand.hands.poses import PRESENT_ORIENT
     from sesahand.pipeline import render_scenes
 

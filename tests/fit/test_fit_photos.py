@@ -105,7 +105,7 @@ def test_pose_file_renders_pixel_aligned_at_any_size(photo_fits, anny_model, mod
     the framing puts them in the framed photo."""
     from sesahand.fit import Framing
     from sesahand.fit.output import pose_document, pose_frame, pose_spec
-    from sesahand.hands import Camera
+    from sesahand.camera import Camera
     from sesahand.pipeline import render_scenes
 
     pf = photo_fits["two_hands_thumb_down.jpg"]

@@ -12,7 +12,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from sesahand.hands import Camera, PoseSpec
+from sesahand.camera import Camera
+from sesahand.hands import PoseSpec
 from sesahand.hands.arm import ARM_KINDS, check_arm
 from sesahand.render import render_conditions
 from sesahand.render.maps import OPENPOSE_ARM_LIMB_COLORS, OPENPOSE_BODY_LIMB_ALPHA

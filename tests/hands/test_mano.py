@@ -362,7 +362,7 @@ def test_sesahand_import_does_not_import_smplx():
 
 def test_freihand_vectors_are_relative_to_the_mean_pose(model):
     from sesahand.hands import PoseSpec
-    from sesahand.hands.types import Camera
+    from sesahand.camera import Camera
 
     v = torch.linspace(-0.3, 0.3, 61)
     K = [[400.0, 0.0, 112.0], [0.0, 400.0, 112.0], [0.0, 0.0, 1.0]]
@@ -375,7 +375,7 @@ def test_freihand_vectors_are_relative_to_the_mean_pose(model):
 
 def test_random_poses_use_the_mano_prior(model, monkeypatch):
     from sesahand.hands import PoseSpec
-    from sesahand.hands.types import Camera
+    from sesahand.camera import Camera
 
     marker = torch.full((45,), 0.05)
     calls = []

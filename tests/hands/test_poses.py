@@ -8,7 +8,8 @@ import torch
 
 from sesahand.hands import PRESET_NAMES, PoseSpec
 from sesahand.hands.poses import load_presets, pose_schema, place_hand, preset_hand_pose
-from sesahand.hands.types import Camera, HandParams
+from sesahand.camera import Camera
+from sesahand.hands.types import HandParams
 
 REQUIRED = {"open_palm", "fist", "point", "pinch", "ok", "peace", "thumbs_up", "claw",
             "cylinder_grasp", "sphere_grasp", "flat_grasp", "relaxed"}

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sesahand.hands.base import mirror_params, mirror_rotvec
-from sesahand.hands.types import Camera, HandParams
+from sesahand.camera import Camera
+from sesahand.hands.types import HandParams
 
 
 def test_params_reject_nan_naming_the_field():

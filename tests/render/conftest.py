@@ -6,7 +6,8 @@ import pytest
 import torch
 import trimesh
 
-from sesahand.hands.types import Camera, HandMesh
+from sesahand.camera import Camera
+from sesahand.hands.types import HandMesh
 from sesahand.render import Renderer
 
 

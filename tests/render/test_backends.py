@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sesahand.hands.types import Camera
+from sesahand.camera import Camera
 from sesahand.render import Renderer
 from sesahand.render import renderer as renderer_module
 

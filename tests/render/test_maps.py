@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from sesahand.hands.types import Camera
+from sesahand.camera import Camera
+from sesahand.hands.types import HAND_COLORS
 from sesahand.render.maps import (
     AMBIENT,
-    HAND_COLORS,
     OPENPOSE_EDGE_COLORS,
     OPENPOSE_KEYPOINT_COLOR,
     draw_hand_poses,

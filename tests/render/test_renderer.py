@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sesahand.hands.types import Camera, HandMesh
+from sesahand.camera import Camera
+from sesahand.hands.types import HandMesh
 from sesahand.render import Renderer, render_conditions
 from sesahand.render.scene import ZeroArrays
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sesahand.hands import PRESET_NAMES, PoseSpec
-from sesahand.hands.types import Camera
+from sesahand.camera import Camera
 from sesahand.semantics.hand_action import (GESTURE_PHRASES, describe_hand, describe_hands,
                                             finger_flexion, reconcile_hand_action,
                                             text_expectations)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sesahand.hands.types import Camera
+from sesahand.camera import Camera
 from sesahand.semantics.cache import SemanticsCache
 from sesahand.semantics.extractor import Extraction, rule_based_extraction
 from sesahand.semantics.pipeline import SemanticsPipeline

@@ -61,7 +61,8 @@ def tiny_sd15(tmp_path_factory) -> Path:
 def toy_records(tmp_path_factory, anny_model) -> Path:
     from PIL import Image
 
-    from sesahand.hands import Camera, PoseSpec
+    from sesahand.camera import Camera
+    from sesahand.hands import PoseSpec
     from sesahand.pipeline import render_scenes
 
     root = tmp_path_factory.mktemp("toy_records")
