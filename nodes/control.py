@@ -8,13 +8,13 @@ import os
 import torch
 from comfy_api.latest import io
 
+from ..sesahand.attention import DEFAULT_ALPHA
 from ..sesahand.control import ATTENTION_LAYERS, CPU_CHUNK_ELEMENTS, FusionSettings
 from .control_model import SesaHandControlNet, controlnet_names, controlnet_path, load_controlnet
 
 #: Fusion override choices of Apply Hand Control.
 FUSION_CHOICES = ("from file", "off", "tokens", "gate")
 #: AE bias reported when a file gives none (the paper's best, docs/method.md).
-DEFAULT_ALPHA = 2.0
 #: AE layers reported when a file gives none (the Hand Attention nodes' default).
 DEFAULT_LAYERS = "decoder"
 #: Largest SF attention chunk the Apply node accepts (float32: 1 GiB per buffer).

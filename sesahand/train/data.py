@@ -60,9 +60,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..camera import Camera
 from ..hands.base import mirror_params
-from ..hands.types import Camera, HandParams, HandScene
-from ..io import atomic_path
+from ..hands.types import HandParams, HandScene
+from ..io import atomic_path, to_float, to_uint8
 from .config import AugmentConfig, DataConfig, SourceConfig
 from .prompts import tokenize_prompt
 
@@ -400,10 +401,10 @@ def style_image(conditions, style: str) -> np.ndarray:
     """Frame 0 of a :class:`~sesahand.render.Conditions` in ``style`` as (H, W, 3) uint8 RGB."""
     maps = {"mesh": conditions.mesh, "depth": conditions.depth_image, "normal": conditions.normal,
             "pose": conditions.pose, "mask": conditions.mask}
-    image = maps[style][0].detach().float().clamp(0, 1).cpu()
+    image = maps[style][0].detach().float().cpu()
     if image.ndim == 2:
         image = image[..., None].expand(*image.shape, 3)
-    return (image * 255).round().to(torch.uint8).numpy()
+    return to_uint8(image)
 
 
 class ConditionCache:
@@ -569,7 +570,7 @@ class HandControlDataset(torch.utils.data.Dataset):
         prompt, terms = ("", ()) if dropped else (record.prompt, record.hand_terms)
         ids, weights, mask = tokenize_prompt(self.tokenizer, self.vocab, prompt, terms)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
-        cond = torch.from_numpy(np.asarray(condition, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        cond = to_float(np.asarray(condition)).permute(2, 0, 1)
         return {"pixel_values": pixels.contiguous(), "conditioning": cond.contiguous(), "input_ids": ids,
                 "token_weights": weights, "hand_token_mask": mask,
                 "labels": crop_labels(labels, x0, y0, side, S), "name": record.name}

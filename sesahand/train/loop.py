@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import to_float, to_uint8
 from .config import OptimConfig, TrainConfig, config_hash
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,8 @@ class _Prepared:
 def validation_conditions(config: TrainConfig, model_factory) -> list[tuple[str, torch.Tensor, str]]:
     """The fixed validation inputs: per pose ``(name, condition (3, S, S) float in [0, 1], prompt)``,
     rendered with a centred default camera at the training resolution."""
-    from ..hands import PRESET_NAMES, Camera, PoseSpec
+    from ..camera import Camera
+    from ..hands import PRESET_NAMES, PoseSpec
     from ..pipeline import render_scenes
     from .data import style_image
 
@@ -219,7 +221,7 @@ def validation_conditions(config: TrainConfig, model_factory) -> list[tuple[str,
                              f"{S}x{S}: give the pose file that size or no camera")
         conditions, _ = render_scenes(model_factory(), scenes)
         image = style_image(conditions, config.model.render_style)
-        cond = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)
+        cond = to_float(image).permute(2, 0, 1)
         prompt = v.prompts[i] if len(v.prompts) > 1 else v.prompts[0]
         out.append((name, cond, prompt))
     return out
@@ -297,7 +299,7 @@ def _save_validation(accelerator, output_dir: Path, step: int, images, items, fi
     if first:
         for name, cond, _ in items:
             with atomic_path(output_dir / "validation" / f"condition_{name}.png") as tmp:
-                Image.fromarray((cond.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp, format="PNG")
+                Image.fromarray(to_uint8(cond.permute(1, 2, 0))).save(tmp, format="PNG")
     if any(t.name == "tensorboard" for t in accelerator.trackers):
         writer = accelerator.get_tracker("tensorboard", unwrap=True)
         for name, seed, image in images:
