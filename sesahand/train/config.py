@@ -76,7 +76,8 @@ class SourceConfig:
             ``training_mano.json``; needs the MANO files, see ``DataConfig.mano_path``) or
             ``"records"`` (a folder of ``NAME.png|.jpg`` + ``NAME.json`` labels + optional
             ``NAME.txt`` caption) or ``"photos"`` (a folder of real photos fitted once
-            with MediaPipe + the hand model fit; captions from ``NAME.txt`` or ``captions``).
+            with MediaPipe + the hand model fit; captions from ``captions``, else the folder's
+            ``captions.jsonl``, else ``NAME.txt``).
         path: the folder.
         captions: ``captions.jsonl`` of ``python -m sesahand caption`` (one JSON object per
             image with ``image`` and ``prompt``), or a ``.txt`` file with one caption per

@@ -16,7 +16,8 @@ Sources (``data.sources`` of the config, :class:`~sesahand.train.config.SourceCo
   optionally a ``prompt``.
 * ``photos``: a folder of real photos; each is fitted once (MediaPipe + hand model fit,
   :mod:`sesahand.train.photos`), hands failing the fit rules are dropped; caption from
-  ``NAME.txt`` beside the photo or ``captions``.
+  ``captions``, else the folder's ``captions.jsonl`` (``python -m sesahand caption``), else
+  ``NAME.txt`` beside the photo.
 
 Captions: ``captions`` of a source is a ``captions.jsonl`` (``python -m sesahand caption``: one
 object per image with ``image`` and ``prompt``, the raw VLM ``caption``, optional

@@ -66,3 +66,64 @@ def test_photos_dataset_conditions_cover_the_hand(photo_source, anny_model, tmp_
     x, y = np.clip(joints.astype(int), 0, 63).T
     lit = condition.max(0) > 0.05
     assert lit[y, x].mean() >= 0.8  # the rendered hand lies under its own joints
+
+
+def _photo_folder(tmp_path, names):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in names:
+        shutil.copy(PHOTOS / name, folder / name)
+    return folder
+
+
+def _caption_line(image, caption, prompt, hand_terms):
+    """One line as ``python -m sesahand caption`` writes it (its own writer and result type)."""
+    from sesahand.semantics import SemanticsResult
+
+    fields = {"pose": "standing", "action": "waving", "hand_action": "raising a hand", "environment": "indoors"}
+    result = SemanticsResult(caption=caption, semantics=fields, prompt=prompt, hand_terms=list(hand_terms))
+    return {"image": image, **result.to_dict()}
+
+
+def test_photos_captions_from_the_semantics_pipeline_output(tmp_path):
+    """``PHOTOS/captions.jsonl`` (the ``caption`` command's output) is read without configuring
+    it, before NAME.txt; ``caption_field`` picks the raw caption; an explicit file wins."""
+    from sesahand.semantics.commands import append_lines
+    from sesahand.train.photos import photo_captions
+
+    folder = _photo_folder(tmp_path, ["open_palm_left.jpg", "rock_right.jpg", "point_left.jpg"])
+    append_lines(folder / "captions.jsonl", [
+        _caption_line("open_palm_left.jpg", "a man raises his hand", "a man raising an open hand, photo",
+                      ["open", "hand"]),
+        _caption_line("rock_right.jpg", "a hand sign", "a person making a rock sign, photo", ["hand"])])
+    (folder / "rock_right.txt").write_text("ignored: the pipeline's caption comes first")
+    (folder / "point_left.txt").write_text("a finger pointing up")
+    photos = sorted(folder.glob("*.jpg"))
+    got = photo_captions(SourceConfig(kind="photos", path=str(folder)), photos)
+    assert {p.name: v for p, v in got.items()} == {
+        "open_palm_left.jpg": ("a man raising an open hand, photo", ("open", "hand")),
+        "rock_right.jpg": ("a person making a rock sign, photo", ("hand",)),
+        "point_left.jpg": ("a finger pointing up", ())}
+    raw = photo_captions(SourceConfig(kind="photos", path=str(folder), caption_field="caption"), photos)
+    assert raw[folder / "open_palm_left.jpg"][0] == "a man raises his hand"
+    other = tmp_path / "other.jsonl"
+    append_lines(other, [_caption_line("point_left.jpg", "c", "from the explicit file", [])])
+    explicit = photo_captions(SourceConfig(kind="photos", path=str(folder), captions=str(other),
+                                           prompt="a hand"), photos)
+    assert {p.name: v[0] for p, v in explicit.items()} == {
+        "open_palm_left.jpg": "a hand", "rock_right.jpg": "ignored: the pipeline's caption comes first",
+        "point_left.jpg": "from the explicit file"}
+
+
+def test_a_photo_without_caption_fails_before_any_fit(tmp_path, anny_model):
+    folder = _photo_folder(tmp_path, ["open_palm_left.jpg", "rock_right.jpg"])
+    (folder / "open_palm_left.txt").write_text("a raised hand")
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError) as error:
+        load_records([SourceConfig(kind="photos", path=str(folder))], lambda: anny_model, cache_dir=cache)
+    message = str(error.value)
+    assert "1 photo(s) without a caption: rock_right.jpg" in message
+    assert "open_palm_left" not in message
+    for way in ("python -m sesahand caption", "captions.jsonl", "NAME.txt", "'captions'", "'prompt'"):
+        assert way in message
+    assert not (cache / "photo_fits").exists()  # nothing fitted, nothing half-written
