@@ -27,6 +27,7 @@ EXPECTED_SIDES = {
     "two_hands_thumb_down.jpg": ["left", "right"],
     "two_hands_back.jpg": ["left", "left"],
     "raised_hand_cut.jpg": ["left"],
+    "pinch_right.jpg": ["right"],
     "no_hand.jpg": [],
 }
 

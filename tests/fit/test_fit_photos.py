@@ -33,9 +33,22 @@ def test_residual_targets_on_real_photos(photo_fits):
             errors.append(f.mean_error)
             pcks.append(f.pck["0.1"])
             json.dumps(f.to_dict(), allow_nan=False)
-    assert len(errors) == 9
+    assert len(errors) == 10
     assert float(np.median(errors)) <= 0.05, errors
     assert float(np.median(pcks)) >= 0.95, pcks
+
+
+def test_pinch_keeps_thumb_and_index_tips_together(photo_fits):
+    """The pinch ("OK" sign) photo: detected, kept, and the fitted thumb and index tips touch
+    (2.1 cm apart in the fit; an open or closed hand of the set keeps them 6-10 cm apart)."""
+    pinch = photo_fits["pinch_right.jpg"].fits
+    assert len(pinch) == 1 and pinch[0].ok, [f.problems for f in pinch]
+    tips = np.linalg.norm(pinch[0].joints3d[4] - pinch[0].joints3d[8])
+    assert tips < 0.035, tips
+    assert np.linalg.norm(pinch[0].joints2d[4] - pinch[0].joints2d[8]) < 0.1 * pinch[0].hand_size_px
+    for name in ("open_palm_left.jpg", "open_palm_right.jpg", "point_left.jpg"):
+        f = photo_fits[name].fits[0]
+        assert np.linalg.norm(f.joints3d[4] - f.joints3d[8]) > 2 * tips, name
 
 
 def test_no_hand_photo_gives_no_hand(photo_fits):
