@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fit.conftest import EXPECTED_SIDES, PHOTOS
+from tests.fit.conftest import EXPECTED_SIDES, MISSED_BY_DETECTOR, PHOTOS
 
 
 def test_residual_targets_on_real_photos(photo_fits):
@@ -53,6 +53,15 @@ def test_pinch_keeps_thumb_and_index_tips_together(photo_fits):
 
 def test_no_hand_photo_gives_no_hand(photo_fits):
     assert photo_fits["no_hand.jpg"].fits == []
+
+
+def test_hands_holding_an_object_are_reported_not_invented(photo_fits, detector):
+    """Hands wrapped around an object (a trumpet): MediaPipe finds none, so the photo is
+    reported as having no hand, like the empty photo; nothing is fitted or kept. (A detector
+    that finds them would turn this into a residual test: update MISSED_BY_DETECTOR.)"""
+    for name in MISSED_BY_DETECTOR:
+        assert detector.detect(photo_fits[name].pixels) == [], name
+        assert photo_fits[name].fits == [], name
 
 
 def test_sides_match_the_subjects_hands(photo_fits):
@@ -223,4 +232,4 @@ def test_photo_folder_holds_only_small_redistributable_photos():
     for path in sorted(PHOTOS.glob("*.jpg")):
         assert path.stat().st_size <= 200 * 1024, path.name
         assert f"`{path.name}`" in sources, f"{path.name} has no entry in SOURCES.md"
-    assert set(EXPECTED_SIDES) == {p.name for p in PHOTOS.glob("*.jpg")}
+    assert set(EXPECTED_SIDES) | set(MISSED_BY_DETECTOR) == {p.name for p in PHOTOS.glob("*.jpg")}
