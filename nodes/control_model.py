@@ -28,27 +28,9 @@ import torch.nn.functional as F
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
 from ..sesahand.control import (ControlMetadata, FusionSettings, SelfAttentionMaps, chunk_memory_bytes,
-                                coarsest_grid, default_chunk_elements, read_control_metadata, refine)
+                                coarsest_grid, default_chunk_elements, layout, read_control_metadata, refine)
 
 log = logging.getLogger(__name__)
-
-#: Keys that mark a ControlNet in the original (optionally ``control_model.``-prefixed) or the
-#: diffusers layout.
-ORIGINAL_KEY = "zero_convs.0.0.weight"
-DIFFUSERS_KEY = "controlnet_cond_embedding.conv_in.weight"
-
-#: Keys of other control model families, to name what a refused file is.
-OTHER_FAMILIES = (
-    ("lora_controlnet", "a Control-LoRA"),
-    ("after_proj_list.18.bias", "a HunyuanDiT ControlNet"),
-    ("controlnet_x_embedder.weight", "a Flux (InstantX) ControlNet"),
-    ("double_blocks.0.img_attn.norm.key_norm.scale", "a Flux (XLabs) ControlNet"),
-    ("controlnet_blocks.0.linear.weight", "a Flux (Mistoline) ControlNet"),
-    ("pos_embed_input.proj.weight", "an SD3 ControlNet"),
-    ("transformer_blocks.0.img_mlp.net.0.proj.weight", "a Qwen-Image ControlNet"),
-    ("controlnet_blocks.0.weight", "a DiT ControlNet"),
-)
-
 
 def sf_forward(cldm: comfy.cldm.cldm.ControlNet, x: torch.Tensor, hint: torch.Tensor,
                timesteps: torch.Tensor, context: torch.Tensor, settings: FusionSettings,
@@ -226,46 +208,6 @@ class SesaHandControlNet(comfy.controlnet.ControlBase):
         return self.control_merge(control, control_prev, output_dtype=None)
 
 
-def _other_family(sd: dict) -> str:
-    for key, family in OTHER_FAMILIES:
-        if key in sd:
-            return family
-    return f"not a ControlNet (first key: {next(iter(sd), 'none')!r})"
-
-
-def diffusers_to_original(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A diffusers ``ControlNetModel`` state dict in the original cldm key layout (no prefix).
-
-    The block structure is read from the keys (any number of levels and res blocks), then
-    core's ``comfy.utils.unet_to_diffusers`` names the UNet-encoder weights; the ControlNet's
-    own parts (condition embedding, zero convolutions) are named here. Keys that map to
-    nothing are logged and left out.
-    """
-    count = functools.partial(comfy.model_detection.count_blocks, list(sd))
-    levels = count("down_blocks.{}.")
-    num_res_blocks = [count(f"down_blocks.{i}.resnets.{{}}.") for i in range(levels)]
-    depth = [count(f"down_blocks.{i}.attentions.{j}.transformer_blocks.{{}}.")
-             for i in range(levels) for j in range(num_res_blocks[i])]
-    names = comfy.utils.unet_to_diffusers({
-        "num_res_blocks": num_res_blocks, "channel_mult": [1] * levels, "transformer_depth": depth,
-        "transformer_depth_output": [0] * sum(n + 1 for n in num_res_blocks),
-        "transformer_depth_middle": count("mid_block.attentions.0.transformer_blocks.{}."),
-    })
-    embedding_blocks = count("controlnet_cond_embedding.blocks.{}.")
-    for p in ("weight", "bias"):
-        names[f"controlnet_mid_block.{p}"] = f"middle_block_out.0.{p}"
-        for i in range(count("controlnet_down_blocks.{}.")):
-            names[f"controlnet_down_blocks.{i}.{p}"] = f"zero_convs.{i}.0.{p}"
-        names[f"controlnet_cond_embedding.conv_in.{p}"] = f"input_hint_block.0.{p}"
-        for i in range(embedding_blocks):
-            names[f"controlnet_cond_embedding.blocks.{i}.{p}"] = f"input_hint_block.{2 * i + 2}.{p}"
-        names[f"controlnet_cond_embedding.conv_out.{p}"] = f"input_hint_block.{2 * embedding_blocks + 2}.{p}"
-    leftover = [k for k in sd if k not in names]
-    if leftover:
-        log.warning("diffusers ControlNet: %d keys not used, first %s", len(leftover), leftover[0])
-    return {names[k]: v for k, v in sd.items() if k in names}
-
-
 def original_layout(sd: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
     """The ControlNet weights of ``sd`` in the original cldm key layout, without prefix.
 
@@ -276,14 +218,12 @@ def original_layout(sd: dict[str, torch.Tensor], name: str) -> dict[str, torch.T
     if "difference" in sd:
         raise ValueError(f"control_net_name {name!r} is a difference ControlNet, which needs its base "
                          "model: use core DiffControlNetLoader, or choose a full ControlNet")
-    prefix = "control_model."
-    if prefix + ORIGINAL_KEY in sd:
-        return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    if ORIGINAL_KEY in sd:
-        return sd
-    if DIFFUSERS_KEY in sd:
-        return diffusers_to_original(sd)
-    raise ValueError(f"control_net_name {name!r} is {_other_family(sd)}, not an SD1.5 ControlNet; "
+    kind = layout.layout(sd)
+    if kind == "original":
+        return layout.unprefixed(sd)
+    if kind == "diffusers":
+        return layout.diffusers_to_original(sd)
+    raise ValueError(f"control_net_name {name!r} is {layout.other_family(sd)}, not an SD1.5 ControlNet; "
                      "choose an SD1.5 ControlNet")
 
 
@@ -349,7 +289,7 @@ def _holds_controlnet(path: str, mtime: float) -> bool:
             keys = set(f.keys())
     except Exception:  # not a readable safetensors file: not offered
         return False
-    return bool(keys & {ORIGINAL_KEY, "control_model." + ORIGINAL_KEY, DIFFUSERS_KEY})
+    return layout.layout(keys) is not None
 
 
 def controlnet_names() -> list[str]:

@@ -106,11 +106,29 @@ def test_exported_controlnet_loads_with_sf_on_and_changes_sampling(comfyui, trai
 
 
 def test_export_names_match_comfyui_s_diffusers_conversion(cm, trained):
+    """The export's names are what Load ControlNet makes of the diffusers state dict, and
+    core's own ``unet_to_diffusers`` names every UNet-encoder weight alike."""
+    import comfy.utils
+
+    from sesahand.control import layout
     from sesahand.train import export
 
+    state = trained.controlnet.state_dict()
     ours = export.diffusers_to_original(trained.controlnet)
-    theirs = cm.diffusers_to_original(trained.controlnet.state_dict())
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    loaded = cm.original_layout(state, "diffusers.safetensors")
+    assert ours.keys() == loaded.keys() and all(torch.equal(ours[k], loaded[k]) for k in ours)
+    config = trained.controlnet.config
+    levels, per_level = len(config.block_out_channels), config.layers_per_block
+    depth = config.transformer_layers_per_block
+    depth = [depth] * levels if isinstance(depth, int) else list(depth)
+    core = comfy.utils.unet_to_diffusers({
+        "num_res_blocks": [per_level] * levels, "channel_mult": [1] * levels,
+        "transformer_depth": [d if "CrossAttn" in kind else 0
+                              for d, kind in zip(depth, config.down_block_types) for _ in range(per_level)],
+        "transformer_depth_output": [0] * (levels * (per_level + 1)), "transformer_depth_middle": 1})
+    unet_keys = [k for k in state if not k.startswith(("controlnet_", "add_embedding", "class_embedding"))]
+    names = layout.original_names(state)
+    assert unet_keys and all(core[k] == names[k] for k in unet_keys)
 
 
 #: tests/comfyui/test_control_nodes.py's small SD1.5-shaped cldm ControlNet (4 levels, 2 res

@@ -16,7 +16,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from sesahand.control import read_control_metadata  # noqa: E402
+from sesahand.control import layout, read_control_metadata  # noqa: E402
 from sesahand.train import export as te  # noqa: E402
 from sesahand.train import model as tm  # noqa: E402
 
@@ -56,7 +56,7 @@ def test_sd15_names_agree_with_diffusers_own_converter():
     with torch.device("meta"):
         sd15 = ControlNetModel()  # the defaults are SD1.5's
     keys = list(sd15.state_dict())
-    names = te.original_names(keys, sd15.config)
+    names = layout.original_names(keys)
     assert len(set(names.values())) == len(keys) == 340
     converted = convert_controlnet_checkpoint({"control_model." + o: d for d, o in names.items()}, sd15.config)
     assert {k: v for k, v in converted.items() if v is not None} == {d: d for d in keys}
