@@ -4,6 +4,13 @@ Every test here takes the ``comfyui`` fixture, which skips (with the reason) whe
 its requirements are missing. The pack is loaded the way ComfyUI loads it: a ``custom_nodes``
 folder holding a link to this repository, passed to ``nodes.load_custom_node``.
 
+Tests that need a served pack share ONE headless server for the session (``server``), and
+every test needing SD1.5-format weights shares one set of tiny random files (``tiny_models``,
+built once): each test uses its own output prefix and input file names. Only a test that needs
+a special process starts its own (``test_server.py``'s start-up check, the reliability soak
+measuring its server's memory). Helpers shared by test modules live here, never in a test
+module.
+
 The open hand's model cache is shared with the library tier (``$SESAHAND_CACHE_DIR``, else
 the user cache folder) so its one-off build is not repeated.
 """
