@@ -4,6 +4,13 @@ Every test here takes the ``comfyui`` fixture, which skips (with the reason) whe
 its requirements are missing. The pack is loaded the way ComfyUI loads it: a ``custom_nodes``
 folder holding a link to this repository, passed to ``nodes.load_custom_node``.
 
+Tests that need a served pack share ONE headless server for the session (``server``), and
+every test needing SD1.5-format weights shares one set of tiny random files (``tiny_models``,
+built once): each test uses its own output prefix and input file names. Only a test that needs
+a special process starts its own (``test_server.py``'s start-up check, the reliability soak
+measuring its server's memory). Helpers shared by test modules live here, never in a test
+module.
+
 The open hand's model cache is shared with the library tier (``$SESAHAND_CACHE_DIR``, else
 the user cache folder) so its one-off build is not repeated.
 """
@@ -14,6 +21,7 @@ import asyncio
 import importlib
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -98,3 +106,104 @@ def comfyui(tmp_path_factory):
         mano_dir=root / "mano",
         pack_module=sys.modules[str(link).replace(".", "_x_")],  # ComfyUI's module name
     )
+
+
+def request(url: str, payload: dict | None = None) -> tuple[int, dict]:
+    """GET (or POST ``payload`` as JSON); returns the status and the decoded JSON body."""
+    import requests
+
+    reply = requests.get(url, timeout=30) if payload is None else requests.post(url, json=payload, timeout=30)
+    return reply.status_code, reply.json()
+
+
+def wait_for_prompt(base: str, prompt_id: str, timeout: float = 180) -> dict:
+    """Poll ``/history`` until the prompt has completed; returns its history entry."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        _, history = request(f"{base}/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+            return history[prompt_id]
+        assert time.monotonic() < deadline, f"the prompt did not finish in {timeout:.0f} s"
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="session", name="wait_for_prompt")
+def wait_for_prompt_fixture():
+    """:func:`wait_for_prompt` for test modules (they do not import each other or conftest)."""
+    return wait_for_prompt
+
+
+@pytest.fixture(scope="session")
+def tiny_models(comfyui, tmp_path_factory):
+    """The tier's one set of tiny random SD1.5 files (``tools/tiny_sd15.py``), built once.
+
+    Folders ``checkpoints``, ``controlnet`` and ``sesahand`` (known to the in-process ComfyUI
+    and to :func:`server`): ``checkpoints/tiny_sd15.safetensors`` (also linked under the
+    shipped workflows' name ``build_workflows.CHECKPOINT``), ``controlnet/plain.safetensors``
+    (seed 1) and the two ControlNets the SD1.5 depth + openpose workflow names (seeds 3 and 4).
+    Tests add files of their own under their own names. Returns a namespace: ``builder`` (the
+    module), ``root``, the three folders, ``checkpoint`` and ``controlnet_file`` (plain).
+    """
+    from tools import build_workflows
+
+    builder = _load_module("tools/tiny_sd15.py")
+    root = tmp_path_factory.mktemp("tiny_models")
+    folders = {name: root / name for name in ("checkpoints", "controlnet", "sesahand")}
+    for name, folder in folders.items():
+        folder.mkdir()
+        comfyui.folder_paths.add_model_folder_path(name, str(folder))
+    checkpoint = builder.build_checkpoint(folders["checkpoints"] / "tiny_sd15.safetensors")
+    os.link(checkpoint, folders["checkpoints"] / build_workflows.CHECKPOINT)  # a regular file, not a link
+    controlnet_file = builder.build_controlnet(folders["controlnet"] / "plain.safetensors")
+    builder.build_controlnet(folders["controlnet"] / build_workflows.SD15_DEPTH_CONTROLNET, seed=3)
+    builder.build_controlnet(folders["controlnet"] / build_workflows.SD15_OPENPOSE_CONTROLNET, seed=4)
+    return SimpleNamespace(builder=builder, root=root, checkpoint=checkpoint, controlnet_file=controlnet_file,
+                           **folders)
+
+
+@pytest.fixture(scope="session")
+def server(comfyui, tiny_models, tmp_path_factory):
+    """The tier's one headless ComfyUI (a subprocess on a free loopback port) for every test that
+    needs a served pack; started once (about 15 s), stopped at the end of the session.
+
+    Model folders: the shared SesaHand cache and :func:`tiny_models`, plus empty files named
+    like every model file the shipped workflows name (validation checks names only). The input
+    folder holds the demo photo under the photo workflow's name. Each test uses its own output
+    prefix / subfolder and input file names. ``--use-pytorch-cross-attention``: torch's SDPA
+    for the core attention on CPU.
+
+    Returns a namespace: ``url`` (base URL), ``root`` (the server's state folder), ``input``,
+    ``output``, ``log`` (its log file), ``process``, and the helpers ``request(url, payload=None)``
+    -> (status, JSON body) and ``wait_for_prompt(base, prompt_id, timeout=180)`` -> history entry.
+    """
+    from tools import build_workflows
+    from tools.comfy_server import comfy_command, running_server
+
+    root = tmp_path_factory.mktemp("server")
+    folders = {"sesahand": [comfyui.cache_dir, tiny_models.sesahand],
+               "checkpoints": [tiny_models.checkpoints], "controlnet": [tiny_models.controlnet]}
+    for specs in build_workflows.WORKFLOWS.values():
+        for spec in specs:
+            for name, value in spec.values.items():
+                if name in build_workflows.MODEL_INPUTS and value:
+                    kind = build_workflows.MODEL_INPUTS[name]
+                    placeholders = root / "placeholders" / kind
+                    if any((Path(folder) / value).exists() for folder in folders.get(kind, [])):
+                        continue  # a real tiny file of that name
+                    placeholders.mkdir(parents=True, exist_ok=True)
+                    (placeholders / value).touch()
+                    if placeholders not in folders.setdefault(kind, []):
+                        folders[kind].append(placeholders)
+    state = root / "comfyui"
+    command = comfy_command(state, folders) + ["--use-pytorch-cross-attention"]
+    shutil.copy(build_workflows.DEMO_PHOTO, state / "input" / build_workflows.PHOTO_FILE)
+    try:
+        # Unbuffered: tests read the log while the server runs.
+        with running_server(comfyui.path, command, state, env={"PYTHONUNBUFFERED": "1"}) as (base, process):
+            yield SimpleNamespace(url=base, root=state, input=state / "input", output=state / "output",
+                                  log=state / "server.log", process=process, request=request,
+                                  wait_for_prompt=wait_for_prompt)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))

@@ -393,47 +393,38 @@ def attention_workflow(seed: int, alpha: float, layers: str) -> dict:
     return graph
 
 
-@pytest.fixture(scope="module")
-def checkpoints(comfyui, load_local, tmp_path_factory):
-    """A folder holding the tiny random SD1.5 checkpoint (``tiny_sd15.safetensors``); its UNet
-    has cross-attention in input block 1 and the middle block only."""
-    folder = tmp_path_factory.mktemp("attention_checkpoints")
-    load_local("tools/tiny_sd15.py").build_checkpoint(folder / "tiny_sd15.safetensors")
-    return folder
-
-
-def test_server_runs_the_attention_workflow(comfyui, load_local, checkpoints, tmp_path):
-    served = load_local("tests/comfyui/test_server.py")
-    args = served.comfy_args(comfyui, tmp_path, checkpoints=checkpoints)
+def test_server_runs_the_attention_workflow(server):
+    """The tiny SD1.5 checkpoint's UNet has cross-attention in input block 1 and the middle
+    block only."""
+    base = server.url
 
     def run(graph) -> dict:
-        status, body = served.request(base + "/prompt", {"prompt": graph})
+        status, body = server.request(base + "/prompt", {"prompt": graph})
         assert status == 200, body
-        return served.wait_for_prompt(base, body["prompt_id"])
+        return server.wait_for_prompt(base, body["prompt_id"])
 
-    with served.running_server(comfyui, args, tmp_path) as base:
-        status, info = served.request(base + "/object_info")
-        assert status == 200 and set(NODE_IDS) <= set(info)
+    status, info = server.request(base + "/object_info")
+    assert status == 200 and set(NODE_IDS) <= set(info)
 
-        bad = attention_workflow(3, 12.0, "all")
-        for node in ("9", "14", "15"):  # without the plain branch, no output is valid
-            del bad[node]
-        status, body = served.request(base + "/prompt", {"prompt": bad})
-        assert status == 400 and {"6", "7"} <= set(body["node_errors"])
-        assert "alpha must be a number from 0 to 10" in json.dumps(body["node_errors"])
+    bad = attention_workflow(3, 12.0, "all")
+    for node in ("9", "14", "15"):  # without the plain branch, no output is valid
+        del bad[node]
+    status, body = server.request(base + "/prompt", {"prompt": bad})
+    assert status == 400 and {"6", "7"} <= set(body["node_errors"])
+    assert "alpha must be a number from 0 to 10" in json.dumps(body["node_errors"])
 
-        entry = run(attention_workflow(3, 2.0, "all"))
-        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-4000:]
-        images = {}
-        for node, name in (("11", "sampler"), ("13", "patched"), ("15", "plain")):
-            saved = entry["outputs"][node]["images"][0]
-            path = tmp_path / "output" / saved["subfolder"] / saved["filename"]
-            images[name] = np.asarray(Image.open(path), dtype=np.float32) / 255
+    entry = run(attention_workflow(3, 2.0, "all"))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-4000:]
+    images = {}
+    for node, name in (("11", "sampler"), ("13", "patched"), ("15", "plain")):
+        saved = entry["outputs"][node]["images"][0]
+        path = server.output / saved["subfolder"] / saved["filename"]
+        images[name] = np.asarray(Image.open(path), dtype=np.float32) / 255
 
-        # This UNet has no cross-attention in its decoder.
-        failed = run(attention_workflow(4, 2.0, "decoder"))
-        assert failed["status"]["status_str"] == "error"
-        assert "set layers to 'all'" in json.dumps(failed["status"]["messages"])
+    # This UNet has no cross-attention in its decoder.
+    failed = run(attention_workflow(4, 2.0, "decoder"))
+    assert failed["status"]["status_str"] == "error"
+    assert "set layers to 'all'" in json.dumps(failed["status"]["messages"])
     for image in images.values():
         assert image.shape == (64, 64, 3) and image.std() > 0.02  # not a constant (NaN) image
     assert np.array_equal(images["sampler"], images["patched"])  # both nodes bias alike

@@ -30,18 +30,12 @@ SD15_SHAPE = {"model_channels": 32, "channel_mult": [1, 2, 4, 4], "num_res_block
 
 
 @pytest.fixture(scope="module")
-def tiny(comfyui, load_local, tmp_path_factory):
-    """Tiny SD1.5 files in fresh checkpoints / controlnet / sesahand folders known to ComfyUI."""
-    builder = load_local("tools/tiny_sd15.py")
-    root = tmp_path_factory.mktemp("tiny_sd15")
-    folders = {name: root / name for name in ("checkpoints", "controlnet", "sesahand")}
-    for name, folder in folders.items():
-        folder.mkdir()
-        comfyui.folder_paths.add_model_folder_path(name, str(folder))
-    cn = folders["controlnet"]
-    builder.build_checkpoint(folders["checkpoints"] / "tiny_sd15.safetensors")
-    builder.build_controlnet(cn / "plain.safetensors")
-    builder.build_controlnet(folders["sesahand"] / "hand_cn.safetensors", seed=3, metadata=SESAHAND_METADATA)
+def tiny(tiny_models):
+    """The tier's tiny SD1.5 files (checkpoints / controlnet / sesahand folders known to ComfyUI
+    and to the shared server) plus this module's own: a SesaHand ControlNet, one lacking a
+    weight, an SD2.x-shaped one and a Flux-shaped one."""
+    builder, cn = tiny_models.builder, tiny_models.controlnet
+    builder.build_controlnet(tiny_models.sesahand / "hand_cn.safetensors", seed=3, metadata=SESAHAND_METADATA)
     builder.build_controlnet(cn / "missing.safetensors",
                              drop=("input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight",))
     save_file({"control_model." + k: v for k, v in builder.random_weights(
@@ -49,7 +43,7 @@ def tiny(comfyui, load_local, tmp_path_factory):
         "", 0, torch.float16).items()}, str(cn / "sd2.safetensors"))
     flux_keys = ("controlnet_blocks.0.weight", "controlnet_x_embedder.weight")
     save_file({k: torch.zeros(2, 2) for k in flux_keys}, str(cn / "flux.safetensors"))
-    return SimpleNamespace(builder=builder, root=root, **folders)
+    return tiny_models
 
 
 @pytest.fixture(scope="module")
@@ -395,28 +389,29 @@ def workflow(seed: int, strength: float, fusion: str, prefix: str, hand_attentio
     return graph
 
 
-def test_server_runs_a_workflow_where_the_control_changes_the_image(comfyui, load_local, tiny, tmp_path):
-    served = load_local("tests/comfyui/test_server.py")
-    args = served.comfy_args(comfyui, tmp_path, checkpoints=tiny.checkpoints, controlnet=tiny.controlnet,
-                             sesahand=[comfyui.cache_dir, tiny.sesahand])
-    write_condition_png(tmp_path / "input")
-    args.append("--use-pytorch-cross-attention")
-    with served.running_server(comfyui, args, tmp_path) as base:
-        def run(strength, fusion, prefix, hand_attention=False):
-            prompt = workflow(11, strength, fusion, prefix, hand_attention)
-            status, body = served.request(base + "/prompt", {"prompt": prompt})
-            assert status == 200, body
-            entry = served.wait_for_prompt(base, body["prompt_id"], timeout=120)
-            assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-4000:]
-            saved = entry["outputs"]["12"]["images"][0]
-            path = tmp_path / "output" / saved["subfolder"] / saved["filename"]
-            return np.asarray(Image.open(path), dtype=np.float32) / 255
+def test_server_runs_a_workflow_where_the_control_changes_the_image(tiny, server):
+    # The shared server runs with --use-pytorch-cross-attention; its log is read from here on.
+    write_condition_png(server.input)
+    log_start = server.log.stat().st_size
+    base = server.url
 
-        sf = run(1.0, "from file", "sf")
-        no_sesahand = run(0.0, "from file", "none")
-        sf_off = run(1.0, "off", "off")
-        sf_ae = run(1.0, "from file", "sf_ae", hand_attention=True)  # both SesaHand components
-        server_log = (tmp_path / "server.log").read_text()
+    def run(strength, fusion, prefix, hand_attention=False):
+        prompt = workflow(11, strength, fusion, prefix, hand_attention)
+        status, body = server.request(base + "/prompt", {"prompt": prompt})
+        assert status == 200, body
+        entry = server.wait_for_prompt(base, body["prompt_id"], timeout=120)
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-4000:]
+        saved = entry["outputs"]["12"]["images"][0]
+        path = server.output / saved["subfolder"] / saved["filename"]
+        return np.asarray(Image.open(path), dtype=np.float32) / 255
+
+    sf = run(1.0, "from file", "sf")
+    no_sesahand = run(0.0, "from file", "none")
+    sf_off = run(1.0, "off", "off")
+    sf_ae = run(1.0, "from file", "sf_ae", hand_attention=True)  # both SesaHand components
+    with open(server.log, "rb") as log:
+        log.seek(log_start)
+        server_log = log.read().decode(errors="replace")
     assert "could not be applied" not in server_log  # a mis-sized control only logs this
     for image in (sf, no_sesahand, sf_off, sf_ae):
         assert image.shape == (64, 64, 3) and image.std() > 0.02  # not a constant (NaN) image

@@ -10,18 +10,13 @@ import json
 import pytest
 import requests
 
-from tools import comfy_server
-from tools.comfy_server import comfy_command
-
 pytestmark = pytest.mark.comfyui
 
 
 @pytest.fixture(scope="module")
-def base(comfyui, tmp_path_factory):
-    root = tmp_path_factory.mktemp("editor-routes")
-    command = comfy_command(root, {"sesahand": comfyui.cache_dir})
-    with comfy_server.running_server(comfyui.path, command, root) as (url, _):
-        yield url
+def base(server):
+    """The base URL of the tier's shared headless ComfyUI."""
+    return server.url
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""The workflows that need no SesaHand weights, run on a real server with the tier's tiny
-models in place of the named files: ``sesahand_sd15_depth_openpose`` runs end to end with a
+"""The workflows that need no SesaHand weights, run on the tier's shared server with its tiny
+models in place of the named files: ``sesahand_sd15_depth_openpose`` runs end to end with the
 tiny random SD1.5 checkpoint and two tiny ControlNets named like the files it expects (smaller
 image, two steps). ``sesahand_sdxl_union`` has no tiny SDXL model in this tier: the server's
 validation of it is in ``test_workflows.py``."""
@@ -17,39 +17,21 @@ from tools import build_workflows as builder
 pytestmark = pytest.mark.comfyui
 
 
-@pytest.fixture(scope="module")
-def models(load_local, tmp_path_factory):
-    """Model folders holding the tiny SD1.5 checkpoint and ControlNets under the workflow's
-    file names (the ControlNets differ by seed)."""
-    tiny = load_local("tools/tiny_sd15.py")
-    root = tmp_path_factory.mktemp("public_models")
-    folders = {name: root / name for name in ("checkpoints", "controlnet")}
-    for folder in folders.values():
-        folder.mkdir()
-    tiny.build_checkpoint(folders["checkpoints"] / builder.CHECKPOINT)
-    tiny.build_controlnet(folders["controlnet"] / builder.SD15_DEPTH_CONTROLNET, seed=3)
-    tiny.build_controlnet(folders["controlnet"] / builder.SD15_OPENPOSE_CONTROLNET, seed=4)
-    return folders
-
-
-def test_sd15_depth_openpose_runs_with_tiny_models(comfyui, load_local, models, tmp_path):
-    served = load_local("tests/comfyui/test_server.py")
+def test_sd15_depth_openpose_runs_with_tiny_models(server):
     prompt = json.loads((builder.API_DIR / "sesahand_sd15_depth_openpose.json").read_text())
     specs = builder.WORKFLOWS["sesahand_sd15_depth_openpose"]
     ids = {key: str(value) for key, value in builder.node_ids(specs).items()}
     prompt[ids["render"]]["inputs"].update(width=64, height=64)
     prompt[ids["sampler"]]["inputs"].update(steps=2, layers="all")  # tiny UNet: no decoder attn
-    args = served.comfy_args(comfyui, tmp_path, **models)
-    with served.running_server(comfyui, args, tmp_path) as base:
-        status, body = served.request(base + "/prompt", {"prompt": prompt})
-        assert status == 200, body
-        entry = served.wait_for_prompt(base, body["prompt_id"], timeout=600)
+    status, body = server.request(server.url + "/prompt", {"prompt": prompt})
+    assert status == 200, body
+    entry = server.wait_for_prompt(server.url, body["prompt_id"], timeout=600)
     errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
     assert entry["status"]["status_str"] == "success", \
         [(e.get("node_type"), e.get("exception_message"), e.get("traceback", [])[-3:]) for e in errors]
     saved = entry["outputs"][ids["save"]]["images"][0]
-    image = np.asarray(Image.open(tmp_path / "output" / saved["subfolder"] / saved["filename"]))
+    image = np.asarray(Image.open(server.output / saved["subfolder"] / saved["filename"]))
     assert image.shape == (64, 64, 3) and image.std() > 2  # not a constant (NaN) image
-    labels = (tmp_path / "output" / "sesahand_sd15_depth_openpose" / "labels.jsonl").read_text()
+    labels = (server.output / "sesahand_sd15_depth_openpose" / "labels.jsonl").read_text()
     record = json.loads(labels.splitlines()[0])
     assert record["hands"][0]["side"] == "right" and len(record["hands"][0]["joints2d"]) == 21

@@ -1,6 +1,6 @@
 """``python -m sesahand queue`` against a real headless ComfyUI with this pack loaded.
 
-One server for the module (about 15 s to start); the pack's nodes need no diffusion model, so
+The tier's shared server (about 15 s to start, once); the pack's nodes need no diffusion model, so
 each job (one 128 x 96 frame) takes well under a second once the hand model is loaded.
 """
 
@@ -15,17 +15,14 @@ import requests
 
 from sesahand.cli import main
 from sesahand.queue import Manifest, run_queue
-from tests.comfyui.test_server import comfy_args, request, running_server
 
 pytestmark = pytest.mark.comfyui
 
 
 @pytest.fixture(scope="module")
-def server(comfyui, tmp_path_factory):
-    """A headless ComfyUI for the whole module; yields its base URL."""
-    root = tmp_path_factory.mktemp("queue_server")
-    with running_server(comfyui, comfy_args(comfyui, root), root) as base:
-        yield base
+def server(server):
+    """The base URL of the tier's shared headless ComfyUI."""
+    return server.url
 
 
 def node(node_id, kind, widgets, inputs=(), outputs=(), mode=0):
@@ -63,9 +60,9 @@ def hand_workflow(width: int = 128, height: int = 96, batch_size: int = 1, model
 
 
 def history_ids(base: str) -> set[str]:
-    status, history = request(base + "/history")
-    assert status == 200
-    return set(history)
+    reply = requests.get(base + "/history", timeout=30)
+    assert reply.status_code == 200
+    return set(reply.json())
 
 
 def test_queue_runs_jobs_fetches_outputs_and_resumes_without_duplicates(server, tmp_path):
@@ -137,7 +134,7 @@ def test_interrupt_ends_the_running_job_and_the_next_one_runs(server, tmp_path):
         time.sleep(0.02)
     while True:
         assert time.monotonic() < deadline, "job 0 did not start in 60 s"
-        _, queue = request(server + "/queue")
+        queue = requests.get(server + "/queue", timeout=30).json()
         if any(item[1] == prompt_id for item in queue["queue_running"]):
             break
         time.sleep(0.02)

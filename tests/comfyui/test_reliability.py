@@ -37,9 +37,9 @@ def small_generate_prompt() -> dict:
     for node in prompt.values():
         inputs, kind = node["inputs"], node["class_type"]
         if kind == "CheckpointLoaderSimple":
-            inputs["ckpt_name"] = "tiny.safetensors"
+            inputs["ckpt_name"] = "tiny_sd15.safetensors"
         elif kind == "SesaHandLoadControlNet":
-            inputs["control_net_name"] = "tiny_cn.safetensors"
+            inputs["control_net_name"] = "plain.safetensors"
         elif kind == "SesaHandRenderConditions":
             inputs.update(width=64, height=64)
         elif kind == "SesaHandHandAttentionSampler":
@@ -50,17 +50,15 @@ def small_generate_prompt() -> dict:
 
 
 @pytest.fixture(scope="module")
-def session(comfyui, load_local, tmp_path_factory):
-    """A server with the tiny models; yields (base URL, server process, state folder, TMPDIR)."""
+def session(comfyui, tiny_models, tmp_path_factory):
+    """A server of its own with the tier's tiny models; yields (base URL, server process, state
+    folder, TMPDIR). Not the tier's shared server: the test measures this process's memory from
+    its first job and its own TMPDIR, which other tests' jobs would change."""
     root = tmp_path_factory.mktemp("reliability")
-    models = root / "models"
-    models.mkdir()
-    builder = load_local("tools/tiny_sd15.py")
-    builder.build_checkpoint(models / "tiny.safetensors")
-    builder.build_controlnet(models / "tiny_cn.safetensors")
     tmp = root / "tmp"
     tmp.mkdir()
-    command = comfy_command(root / "comfyui", {"checkpoints": models, "controlnet": models,
+    command = comfy_command(root / "comfyui", {"checkpoints": tiny_models.checkpoints,
+                                               "controlnet": tiny_models.controlnet,
                                                "sesahand": comfyui.cache_dir})
     with running_server(comfyui.path, command, root / "comfyui", env={"TMPDIR": str(tmp)}) as (base, proc):
         yield base, proc, root / "comfyui", tmp

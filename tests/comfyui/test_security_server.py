@@ -15,7 +15,6 @@ import requests
 
 from sesahand.cli import main
 from sesahand.queue import Manifest
-from tests.comfyui.test_server import comfy_args, running_server, wait_for_prompt
 
 pytestmark = pytest.mark.comfyui
 
@@ -24,18 +23,13 @@ GOOD_POSE = {"frames": [{"hands": [{"side": "right", "preset": "fist", "box": {"
 
 
 @pytest.fixture(scope="module")
-def server(comfyui, tmp_path_factory):
-    """A headless ComfyUI for the module; yields (base URL, its state folder). A secret JSON
-    lies outside every folder of the server: ``root/private/secret.json``."""
-    root = tmp_path_factory.mktemp("security_server")
-    models = root / "sesahand_models"
-    models.mkdir()
-    private = root / "private"
-    private.mkdir()
+def server(server):
+    """The tier's shared headless ComfyUI; (base URL, its state folder). A secret JSON lies
+    outside every folder of the server: ``root/private/secret.json``."""
+    private = server.root / "private"
+    private.mkdir(exist_ok=True)
     (private / "secret.json").write_text(json.dumps({"frames": [{"hands": [{"side": SECRET}]}]}))
-    args = comfy_args(comfyui, root, sesahand=[comfyui.cache_dir, models])
-    with running_server(comfyui, args, root) as base:
-        yield base, root
+    return server.url, server.root
 
 
 def post(base: str, prompt: dict, timeout: float = 30) -> tuple[int, dict, str]:
@@ -106,7 +100,7 @@ def test_a_fifo_does_not_freeze_the_server(server):
     assert status == 400 and "is not a regular file" in errors_of(body, "2")
 
 
-def test_pose_files_inside_the_input_folder_work_and_their_errors_hide_values(server):
+def test_pose_files_inside_the_input_folder_work_and_their_errors_hide_values(server, wait_for_prompt):
     base, root = server
     (root / "input" / "bad.json").write_text(json.dumps({"frames": [{"hands": [{"side": SECRET}]}]}))
     status, body, text = post(base, pose_file_graph("bad.json"))
@@ -166,7 +160,7 @@ def test_a_nul_in_the_dataset_name_is_named(server):
     assert status == 400 and "dataset: the name contains a NUL character" in errors_of(body, "5"), body
 
 
-def test_a_linked_images_folder_is_not_written_through(server):
+def test_a_linked_images_folder_is_not_written_through(server, wait_for_prompt):
     base, root = server
     elsewhere = root / "elsewhere"
     elsewhere.mkdir()
@@ -183,7 +177,7 @@ def test_a_linked_images_folder_is_not_written_through(server):
     assert not (dataset / "labels.jsonl").exists()
 
 
-def test_queue_counts_jobs_with_node_errors_as_failed(server, tmp_path, capsys):
+def test_queue_counts_jobs_with_node_errors_as_failed(server, tmp_path, capsys, wait_for_prompt):
     """ComfyUI answers HTTP 200 when some outputs pass validation and lists the others in
     node_errors: those jobs failed (a missing checkpoint), and are not retried."""
     base, _ = server
@@ -213,7 +207,7 @@ def test_queue_counts_jobs_with_node_errors_as_failed(server, tmp_path, capsys):
     assert not any(out.glob("job_*"))
 
 
-def test_export_mesh_does_not_write_through_a_linked_subfolder(server):
+def test_export_mesh_does_not_write_through_a_linked_subfolder(server, wait_for_prompt):
     base, root = server
     elsewhere = root / "elsewhere_mesh"
     elsewhere.mkdir()
@@ -237,7 +231,7 @@ def test_batches_too_large_to_render_are_refused_at_prompt(server):
     assert "64 images of 4096x4096 are 1073741824 pixels, more than the 67108864" in errors_of(body, "3")
 
 
-def test_pose_file_frames_are_never_left_out(server):
+def test_pose_file_frames_are_never_left_out(server, wait_for_prompt):
     base, root = server
     two = {"frames": GOOD_POSE["frames"] * 2}
     (root / "input" / "two.json").write_text(json.dumps(two))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -32,19 +33,19 @@ def randomise(module, seed, scale=1.0, only=None):
 
 
 @pytest.fixture(scope="module")
-def trained(comfyui, load_local, tmp_path_factory):
+def trained(comfyui, tiny_models, tmp_path_factory):
     """The tiny SD1.5 checkpoint in a checkpoints folder, loaded for training, and an exported
     SesaHand ControlNet of its UNet (random zero convolutions, as after training)."""
     pytest.importorskip("diffusers")
     from sesahand.train import export, model
 
-    builder = load_local("tools/tiny_sd15.py")
     root = tmp_path_factory.mktemp("train_export")
     folders = {name: root / name for name in ("checkpoints", "controlnet")}
     for name, folder in folders.items():
         folder.mkdir()
         comfyui.folder_paths.add_model_folder_path(name, str(folder))
-    checkpoint = builder.build_checkpoint(folders["checkpoints"] / "tiny_train_sd15.safetensors")
+    checkpoint = folders["checkpoints"] / "tiny_train_sd15.safetensors"
+    os.link(tiny_models.checkpoint, checkpoint)  # the tier's tiny SD1.5 checkpoint
     sd = model.load_sd15(checkpoint)
     controlnet = model.build_controlnet(sd.unet)
     randomise(controlnet, 7, only=[*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block])

@@ -6,7 +6,6 @@ and the pack serves the workflows as templates."""
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import requests
 from sesahand.comfy_graph import node_inputs, widget_slots
 from sesahand.queue import ui_to_api
 from tools import build_workflows as builder
-from tools.comfy_server import comfy_command, running_server
 
 pytestmark = pytest.mark.comfyui
 
@@ -26,28 +24,13 @@ NAMES = ("sesahand_generate", "sesahand_random_batch", "sesahand_with_handrefine
 
 
 @pytest.fixture(scope="module")
-def served(comfyui, tmp_path_factory):
-    """(base URL, /object_info) of one headless ComfyUI for the module, whose model folders hold
-    empty files named like the workflows' model files (validation checks names only)."""
-    root = tmp_path_factory.mktemp("workflows_server")
-    folders = {"sesahand": comfyui.cache_dir}
-    for specs in builder.WORKFLOWS.values():
-        for spec in specs:
-            for name, value in spec.values.items():
-                if name in builder.MODEL_INPUTS and value:
-                    folder = root / "models" / builder.MODEL_INPUTS[name]
-                    folder.mkdir(parents=True, exist_ok=True)
-                    (folder / value).touch()
-                    folders[builder.MODEL_INPUTS[name]] = folder
-    command = comfy_command(root, folders)
-    shutil.copy(builder.DEMO_PHOTO, root / "input" / builder.PHOTO_FILE)  # the photo workflow's Load Image
-    try:
-        with running_server(comfyui.path, command, root) as (base, _):
-            info = requests.get(base + "/object_info", timeout=60)
-            assert info.status_code == 200
-            yield base, info.json()
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
+def served(server):
+    """(base URL, /object_info) of the tier's shared headless ComfyUI, whose model folders hold
+    a file named like each of the workflows' model files (validation checks names only) and
+    whose input folder holds the photo workflow's Load Image file."""
+    info = requests.get(server.url + "/object_info", timeout=60)
+    assert info.status_code == 200
+    return server.url, info.json()
 
 
 def load(folder: str, name: str) -> dict:
