@@ -36,6 +36,10 @@ summing to 1 for ``"tokens"``, maximum 1 for ``"gate"``), so every resolution we
 
 Attention maps are computed explicitly, in query chunks of bounded size, and reduced into the
 aggregates chunk by chunk (:class:`SelfAttentionMaps`); flash attention cannot return them.
+Without gradients on the CPU, the output and each query's log-sum-exp come from PyTorch's fused
+attention kernel and the maps are exp(logits - lse) (:func:`_fused_maps`); with gradients, or
+on other devices, each chunk runs the explicit softmax and value product (:func:`_chunk_maps`,
+the reference). Both give the same maps to float32 rounding (tested).
 Logits and softmax are float32 whatever the input dtype, also under ``torch.autocast`` (which
 is switched off for them). Everything is differentiable (training uses the same functions);
 with gradients each chunk is recomputed in backward (``torch.utils.checkpoint``), so no
@@ -60,9 +64,10 @@ FUSION_MODES = ("tokens", "gate")
 #: How the resolutions' pooled maps are combined (module docstring): normalised each, or summed.
 HIERARCHIES = ("balanced", "sum")
 
-#: Elements of one chunk of attention logits on the CPU (float32: 8 MiB): chunks of this size
-#: were the fastest there (cache reuse) at 32x32 and 64x64 grids.
-CPU_CHUNK_ELEMENTS = 1 << 21
+#: Elements of one chunk of attention logits on the CPU (float32: 128 MiB). With the fused path
+#: (:func:`_fused_maps`) each chunk re-reads all keys, so few large chunks are fastest: a 64x64
+#: layer (batch 2, 8 heads) took 4.7 s in chunks of 2^25 and 10.2 s in chunks of 2^21 (loaded CPU).
+CPU_CHUNK_ELEMENTS = 1 << 25
 #: Range of the chunk size on CUDA devices, chosen by free memory (:func:`default_chunk_elements`):
 #: larger chunks mean fewer kernel launches; 1 << 26 float32 elements are 256 MiB.
 CUDA_CHUNK_RANGE = (1 << 21, 1 << 26)
@@ -213,6 +218,44 @@ def _chunk_maps(q: torch.Tensor, k_t: torch.Tensor, v_h: torch.Tensor, start: in
     return out, agg
 
 
+def _fused_maps(q_h: torch.Tensor, k_t: torch.Tensor, v_h: torch.Tensor, rows: int, fusion: str,
+                grid: tuple[int, int], common: tuple[int, int], cells: torch.Tensor,
+                buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention output and map aggregate without autograd, on the CPU: the fast path.
+
+    ``q_h``: (B, heads, N, d) float32 queries; ``k_t``: (B, heads, d, N) float32 keys scaled by
+    1/sqrt(d); ``v_h``: (B, heads, N, d) float32 values; ``rows``: query rows per chunk;
+    ``buffer``: flat float32 of at least B * heads * rows * N elements, reused by every chunk.
+    The output and the log-sum-exp of each query's logits come from PyTorch's fused CPU
+    attention kernel (``_scaled_dot_product_flash_attention_for_cpu``, float32 inputs, so a
+    float32 lse); the probabilities are then exp(q k^T / sqrt(d) - lse), one matmul (lse
+    folded in as an extra column of q and a row of ones in k) and one in-place exp per chunk,
+    reduced as in :func:`_chunk_maps` (same aggregates, same float32; no softmax passes and no
+    value product here). Returns the output (B, heads, N, d) and the summed aggregate
+    (``"tokens"``: (B, G, G) max, divided by heads later; ``"gate"``: (B, N) sum).
+    """
+    b, heads, d, n = k_t.shape
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q_h, k_t.transpose(-1, -2), v_h, scale=1.0)  # k_t carries the 1/sqrt(d)
+    q_aug = torch.cat([q_h, lse.neg().unsqueeze(-1)], dim=-1).view(b * heads, n, d + 1)
+    k_aug = torch.cat([k_t, k_t.new_ones(b, heads, 1, n)], dim=2).view(b * heads, d + 1, n)
+    gh, gw = common
+    agg = None
+    head_sum = buffer.new_empty(b * rows * n) if fusion == "tokens" else None
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        p = buffer[:b * heads * (stop - start) * n].view(b, heads, stop - start, n)
+        torch.bmm(q_aug[:, start:stop], k_aug, out=p.view(b * heads, stop - start, n)).exp_()  # probabilities
+        if fusion == "tokens":
+            summed = torch.sum(p, dim=1, out=head_sum[:b * (stop - start) * n].view(b, stop - start, n))
+            part = pool_cells(_pool_keys(summed, grid, common, cells), cells[start:stop], gh * gw, dim=1)
+            agg = part if agg is None else torch.maximum(agg, part)
+        else:
+            part = p.sum(dim=(1, 2))
+            agg = part if agg is None else agg + part
+    return out, agg
+
+
 def _normalised(agg: torch.Tensor, fusion: str) -> torch.Tensor:
     """``agg`` scaled per sample: rows summing to 1 (``"tokens"``, (B, G, G)) or maximum 1
     (``"gate"``, (B, G)); an all-zero row or map stays zero."""
@@ -301,9 +344,16 @@ class SelfAttentionMaps:
         gh, gw = self.common_grid
         cells = self._cells_of((h, w), q.device)
         recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        rows = min(n, max(1, chunk // (b * heads * n)))
+        if not recompute and q.device.type == "cpu":  # fused kernel's output and lse, then the maps
+            with torch.autocast(device_type="cpu", enabled=False):
+                q_h = q.reshape(b, n, heads, d).transpose(1, 2).to(compute)
+                out_h, agg = _fused_maps(q_h, k_t, v_h.to(compute), rows, self.fusion, (h, w),
+                                         self.common_grid, cells, k_t.new_empty(b * heads * rows * n))
+            self._record((h, w), agg, heads, n)
+            return out_h.transpose(1, 2).reshape(b, n, inner).to(v.dtype)
         agg = None
         out = v.new_empty((b, n, heads, d))
-        rows = min(n, max(1, chunk // (b * heads * n)))
         buffers = None
         if not recompute:  # one chunk's buffers, reused: no allocation churn per chunk
             buffers = {"p": k_t.new_empty(b * heads * rows * n),
@@ -322,11 +372,14 @@ class SelfAttentionMaps:
                 agg = torch.maximum(agg, part)
             else:
                 agg = agg + part
-        agg = agg / (heads if self.fusion == "tokens" else heads * n)
-
-        total, count = self.sums.get((h, w), (0, 0))
-        self.sums[(h, w)] = [total + agg, count + 1]
+        self._record((h, w), agg, heads, n)
         return out.view(b, n, inner)
+
+    def _record(self, grid: tuple[int, int], agg: torch.Tensor, heads: int, n: int) -> None:
+        """Add one layer's summed aggregate (divided here by heads, and by N for ``"gate"``)."""
+        agg = agg / (heads if self.fusion == "tokens" else heads * n)
+        total, count = self.sums.get(grid, (0, 0))
+        self.sums[grid] = [total + agg, count + 1]
 
     def structure(self) -> torch.Tensor:
         """psi' of eq. SF-1 from the recorded layers (mean per grid; normalised per grid for the
