@@ -64,10 +64,13 @@ FUSION_MODES = ("tokens", "gate")
 #: How the resolutions' pooled maps are combined (module docstring): normalised each, or summed.
 HIERARCHIES = ("balanced", "sum")
 
-#: Elements of one chunk of attention logits on the CPU (float32: 128 MiB). With the fused path
-#: (:func:`_fused_maps`) each chunk re-reads all keys, so few large chunks are fastest: a 64x64
-#: layer (batch 2, 8 heads) took 4.7 s in chunks of 2^25 and 10.2 s in chunks of 2^21 (loaded CPU).
-CPU_CHUNK_ELEMENTS = 1 << 25
+#: Elements of one chunk of attention logits on the CPU with gradients (float32: 8 MiB): the
+#: reference path (:func:`_chunk_maps`) was fastest with chunks of this size (cache reuse).
+CPU_CHUNK_ELEMENTS = 1 << 21
+#: The same without gradients (float32: 128 MiB), the fused path (:func:`_fused_maps`): each
+#: chunk re-reads all keys, so few large chunks are fastest: a 64x64 layer (batch 2, 8 heads)
+#: took 4.7 s in chunks of 2^25 and 10.2 s in chunks of 2^21 (loaded CPU).
+CPU_FUSED_CHUNK_ELEMENTS = 1 << 25
 #: Range of the chunk size on CUDA devices, chosen by free memory (:func:`default_chunk_elements`):
 #: larger chunks mean fewer kernel launches; 1 << 26 float32 elements are 256 MiB.
 CUDA_CHUNK_RANGE = (1 << 21, 1 << 26)
@@ -77,10 +80,11 @@ CUDA_FREE_MEMORY_SHARE = 16
 CHUNK_BUFFERS = 3
 
 
-def default_chunk_elements(device: torch.device | str | None) -> int:
+def default_chunk_elements(device: torch.device | str | None, fused: bool = False) -> int:
     """The attention chunk size (elements of one chunk of logits) for ``device``.
 
-    CPU and other devices: :data:`CPU_CHUNK_ELEMENTS`. CUDA: the largest chunk whose
+    CPU and other devices: :data:`CPU_CHUNK_ELEMENTS`, or :data:`CPU_FUSED_CHUNK_ELEMENTS` on
+    the CPU when ``fused`` (inference without gradients, :func:`_fused_maps`). CUDA: the largest chunk whose
     :data:`CHUNK_BUFFERS` float32 buffers take at most 1 / :data:`CUDA_FREE_MEMORY_SHARE` of the
     device's free memory now (``torch.cuda.mem_get_info``), clamped to :data:`CUDA_CHUNK_RANGE`.
     The chunk size never changes results, only speed and memory.
@@ -90,7 +94,7 @@ def default_chunk_elements(device: torch.device | str | None) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         low, high = CUDA_CHUNK_RANGE
         return int(min(high, max(low, free // (CUDA_FREE_MEMORY_SHARE * CHUNK_BUFFERS * 4))))
-    return CPU_CHUNK_ELEMENTS
+    return CPU_FUSED_CHUNK_ELEMENTS if fused and device.type == "cpu" else CPU_CHUNK_ELEMENTS
 
 
 def chunk_memory_bytes(max_chunk_elements: int) -> int:
@@ -334,7 +338,9 @@ class SelfAttentionMaps:
             raise ValueError(f"width {inner} is not divisible by {heads} heads")
         d = inner // heads
         compute = torch.promote_types(q.dtype, torch.float32)
-        chunk = self.max_chunk_elements or default_chunk_elements(q.device)
+        recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        fused = not recompute and q.device.type == "cpu"
+        chunk = self.max_chunk_elements or default_chunk_elements(q.device, fused)
 
         with torch.autocast(device_type=q.device.type, enabled=False):
             # Keys (scaled by 1/sqrt(d)) and values once per head, contiguous; queries by chunks.
@@ -343,9 +349,8 @@ class SelfAttentionMaps:
 
         gh, gw = self.common_grid
         cells = self._cells_of((h, w), q.device)
-        recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         rows = min(n, max(1, chunk // (b * heads * n)))
-        if not recompute and q.device.type == "cpu":  # fused kernel's output and lse, then the maps
+        if fused:  # fused kernel's output and lse, then the maps
             with torch.autocast(device_type="cpu", enabled=False):
                 q_h = q.reshape(b, n, heads, d).transpose(1, 2).to(compute)
                 out_h, agg = _fused_maps(q_h, k_t, v_h.to(compute), rows, self.fusion, (h, w),

@@ -199,6 +199,7 @@ def test_every_resolution_contributes_to_the_balanced_hierarchy(fusion):
 
 def test_chunk_size_per_device(monkeypatch):
     assert default_chunk_elements("cpu") == default_chunk_elements(None) == CPU_CHUNK_ELEMENTS
+    assert default_chunk_elements("cpu", fused=True) == fusion_module.CPU_FUSED_CHUNK_ELEMENTS > CPU_CHUNK_ELEMENTS
     low, high = fusion_module.CUDA_CHUNK_RANGE
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for free, expected in ((1 << 20, low), (80 << 30, high), (12 << 30, (12 << 30) // (16 * 3 * 4))):
