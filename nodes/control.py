@@ -130,7 +130,7 @@ class SesaHandApplyHandControl(io.ComfyNode):
                 io.Int.Input("attention_chunk", default=0, min=0, max=MAX_CHUNK_ELEMENTS,
                              step=1 << 18, optional=True,
                              tooltip="Structural fusion computes attention maps in chunks of this "
-                                     "many logits. 0 = chosen for the device (CPU: 32M; GPU: by "
+                                     "many logits. 0 = chosen for the device (CPU: 8M; GPU: by "
                                      "free memory). Changes speed and memory, never the image."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional: where the control acts (1 full, 0 none), e.g. "
