@@ -189,7 +189,7 @@ def main() -> None:
 
     cm = import_comfy()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; SD1.5-shaped ControlNet, "
-          f"batch 2, float32, CPU; SF chunk {cm.default_chunk_elements('cpu')} logits")
+          f"batch 2, float32, CPU; SF chunk {cm.default_chunk_elements('cpu', fused=True)} logits")
     sdpa = tuple(f"{fusion}/sdpa" for fusion in FUSIONS)
     ratios_512 = report_speed(measure_speed(cm, opts.rounds_512, 64, sdpa), 64, opts.rounds_512)
     ratios_256 = report_speed(measure_speed(cm, opts.rounds, 32, VARIANTS), 32, opts.rounds)

@@ -9,7 +9,7 @@ import torch
 from comfy_api.latest import io
 
 from ..sesahand.attention import DEFAULT_ALPHA
-from ..sesahand.control import ATTENTION_LAYERS, CPU_CHUNK_ELEMENTS, FusionSettings
+from ..sesahand.control import ATTENTION_LAYERS, FusionSettings
 from .control_model import SesaHandControlNet, controlnet_names, controlnet_path, load_controlnet
 
 #: Fusion override choices of Apply Hand Control.
@@ -128,9 +128,9 @@ class SesaHandApplyHandControl(io.ComfyNode):
                                tooltip="With fusion tokens or gate: blend weight w, 1 = the "
                                        "paper's fusion, 0 = none."),
                 io.Int.Input("attention_chunk", default=0, min=0, max=MAX_CHUNK_ELEMENTS,
-                             step=CPU_CHUNK_ELEMENTS // 8, optional=True,
+                             step=1 << 18, optional=True,
                              tooltip="Structural fusion computes attention maps in chunks of this "
-                                     "many logits. 0 = chosen for the device (CPU: 2M; GPU: by "
+                                     "many logits. 0 = chosen for the device (CPU: 8M; GPU: by "
                                      "free memory). Changes speed and memory, never the image."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional: where the control acts (1 full, 0 none), e.g. "

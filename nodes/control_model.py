@@ -155,7 +155,7 @@ class SesaHandControlNet(comfy.controlnet.ControlBase):
         super().cleanup()
 
     def _chunk(self, device) -> int:
-        return self.chunk_elements or default_chunk_elements(device)
+        return self.chunk_elements or default_chunk_elements(device, fused=True)  # inference only
 
     def inference_memory_requirements(self, dtype):
         # SF's attention keeps a few float32 chunks of logits alive at once.

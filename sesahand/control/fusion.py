@@ -36,6 +36,10 @@ summing to 1 for ``"tokens"``, maximum 1 for ``"gate"``), so every resolution we
 
 Attention maps are computed explicitly, in query chunks of bounded size, and reduced into the
 aggregates chunk by chunk (:class:`SelfAttentionMaps`); flash attention cannot return them.
+Without gradients on the CPU, the output and each query's log-sum-exp come from PyTorch's fused
+attention kernel and the maps are exp(logits - lse) (:func:`_fused_maps`); with gradients, or
+on other devices, each chunk runs the explicit softmax and value product (:func:`_chunk_maps`,
+the reference). Both give the same maps to float32 rounding (tested).
 Logits and softmax are float32 whatever the input dtype, also under ``torch.autocast`` (which
 is switched off for them). Everything is differentiable (training uses the same functions);
 with gradients each chunk is recomputed in backward (``torch.utils.checkpoint``), so no
@@ -60,9 +64,14 @@ FUSION_MODES = ("tokens", "gate")
 #: How the resolutions' pooled maps are combined (module docstring): normalised each, or summed.
 HIERARCHIES = ("balanced", "sum")
 
-#: Elements of one chunk of attention logits on the CPU (float32: 8 MiB): chunks of this size
-#: were the fastest there (cache reuse) at 32x32 and 64x64 grids.
+#: Elements of one chunk of attention logits on the CPU with gradients (float32: 8 MiB): the
+#: reference path (:func:`_chunk_maps`) was fastest with chunks of this size (cache reuse).
 CPU_CHUNK_ELEMENTS = 1 << 21
+#: The same without gradients (float32: 32 MiB), the fused path (:func:`_fused_maps`): each
+#: chunk re-reads all keys. One 64x64 layer (batch 2, 8 heads), chunks of 2^21 / 2^23 / 2^25:
+#: 0.67 / 0.70 / 0.73 s on an idle CPU (explicit path: 0.68 s) but 10.2 / 6.9 / 4.7 s on a
+#: loaded one (explicit path: 23.8 s); 2^23 is the compromise.
+CPU_FUSED_CHUNK_ELEMENTS = 1 << 23
 #: Range of the chunk size on CUDA devices, chosen by free memory (:func:`default_chunk_elements`):
 #: larger chunks mean fewer kernel launches; 1 << 26 float32 elements are 256 MiB.
 CUDA_CHUNK_RANGE = (1 << 21, 1 << 26)
@@ -72,10 +81,11 @@ CUDA_FREE_MEMORY_SHARE = 16
 CHUNK_BUFFERS = 3
 
 
-def default_chunk_elements(device: torch.device | str | None) -> int:
+def default_chunk_elements(device: torch.device | str | None, fused: bool = False) -> int:
     """The attention chunk size (elements of one chunk of logits) for ``device``.
 
-    CPU and other devices: :data:`CPU_CHUNK_ELEMENTS`. CUDA: the largest chunk whose
+    CPU and other devices: :data:`CPU_CHUNK_ELEMENTS`, or :data:`CPU_FUSED_CHUNK_ELEMENTS` on
+    the CPU when ``fused`` (inference without gradients, :func:`_fused_maps`). CUDA: the largest chunk whose
     :data:`CHUNK_BUFFERS` float32 buffers take at most 1 / :data:`CUDA_FREE_MEMORY_SHARE` of the
     device's free memory now (``torch.cuda.mem_get_info``), clamped to :data:`CUDA_CHUNK_RANGE`.
     The chunk size never changes results, only speed and memory.
@@ -85,7 +95,7 @@ def default_chunk_elements(device: torch.device | str | None) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         low, high = CUDA_CHUNK_RANGE
         return int(min(high, max(low, free // (CUDA_FREE_MEMORY_SHARE * CHUNK_BUFFERS * 4))))
-    return CPU_CHUNK_ELEMENTS
+    return CPU_FUSED_CHUNK_ELEMENTS if fused and device.type == "cpu" else CPU_CHUNK_ELEMENTS
 
 
 def chunk_memory_bytes(max_chunk_elements: int) -> int:
@@ -213,6 +223,44 @@ def _chunk_maps(q: torch.Tensor, k_t: torch.Tensor, v_h: torch.Tensor, start: in
     return out, agg
 
 
+def _fused_maps(q_h: torch.Tensor, k_t: torch.Tensor, v_h: torch.Tensor, rows: int, fusion: str,
+                grid: tuple[int, int], common: tuple[int, int], cells: torch.Tensor,
+                buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention output and map aggregate without autograd, on the CPU: the fast path.
+
+    ``q_h``: (B, heads, N, d) float32 queries; ``k_t``: (B, heads, d, N) float32 keys scaled by
+    1/sqrt(d); ``v_h``: (B, heads, N, d) float32 values; ``rows``: query rows per chunk;
+    ``buffer``: flat float32 of at least B * heads * rows * N elements, reused by every chunk.
+    The output and the log-sum-exp of each query's logits come from PyTorch's fused CPU
+    attention kernel (``_scaled_dot_product_flash_attention_for_cpu``, float32 inputs, so a
+    float32 lse); the probabilities are then exp(q k^T / sqrt(d) - lse), one matmul (lse
+    folded in as an extra column of q and a row of ones in k) and one in-place exp per chunk,
+    reduced as in :func:`_chunk_maps` (same aggregates, same float32; no softmax passes and no
+    value product here). Returns the output (B, heads, N, d) and the summed aggregate
+    (``"tokens"``: (B, G, G) max, divided by heads later; ``"gate"``: (B, N) sum).
+    """
+    b, heads, d, n = k_t.shape
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q_h, k_t.transpose(-1, -2), v_h, scale=1.0)  # k_t carries the 1/sqrt(d)
+    q_aug = torch.cat([q_h, lse.neg().unsqueeze(-1)], dim=-1).view(b * heads, n, d + 1)
+    k_aug = torch.cat([k_t, k_t.new_ones(b, heads, 1, n)], dim=2).view(b * heads, d + 1, n)
+    gh, gw = common
+    agg = None
+    head_sum = buffer.new_empty(b * rows * n) if fusion == "tokens" else None
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        p = buffer[:b * heads * (stop - start) * n].view(b, heads, stop - start, n)
+        torch.bmm(q_aug[:, start:stop], k_aug, out=p.view(b * heads, stop - start, n)).exp_()  # probabilities
+        if fusion == "tokens":
+            summed = torch.sum(p, dim=1, out=head_sum[:b * (stop - start) * n].view(b, stop - start, n))
+            part = pool_cells(_pool_keys(summed, grid, common, cells), cells[start:stop], gh * gw, dim=1)
+            agg = part if agg is None else torch.maximum(agg, part)
+        else:
+            part = p.sum(dim=(1, 2))
+            agg = part if agg is None else agg + part
+    return out, agg
+
+
 def _normalised(agg: torch.Tensor, fusion: str) -> torch.Tensor:
     """``agg`` scaled per sample: rows summing to 1 (``"tokens"``, (B, G, G)) or maximum 1
     (``"gate"``, (B, G)); an all-zero row or map stays zero."""
@@ -291,7 +339,9 @@ class SelfAttentionMaps:
             raise ValueError(f"width {inner} is not divisible by {heads} heads")
         d = inner // heads
         compute = torch.promote_types(q.dtype, torch.float32)
-        chunk = self.max_chunk_elements or default_chunk_elements(q.device)
+        recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        fused = not recompute and q.device.type == "cpu"
+        chunk = self.max_chunk_elements or default_chunk_elements(q.device, fused)
 
         with torch.autocast(device_type=q.device.type, enabled=False):
             # Keys (scaled by 1/sqrt(d)) and values once per head, contiguous; queries by chunks.
@@ -300,10 +350,16 @@ class SelfAttentionMaps:
 
         gh, gw = self.common_grid
         cells = self._cells_of((h, w), q.device)
-        recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        rows = min(n, max(1, chunk // (b * heads * n)))
+        if fused:  # fused kernel's output and lse, then the maps
+            with torch.autocast(device_type="cpu", enabled=False):
+                q_h = q.reshape(b, n, heads, d).transpose(1, 2).to(compute)
+                out_h, agg = _fused_maps(q_h, k_t, v_h.to(compute), rows, self.fusion, (h, w),
+                                         self.common_grid, cells, k_t.new_empty(b * heads * rows * n))
+            self._record((h, w), agg, heads, n)
+            return out_h.transpose(1, 2).reshape(b, n, inner).to(v.dtype)
         agg = None
         out = v.new_empty((b, n, heads, d))
-        rows = min(n, max(1, chunk // (b * heads * n)))
         buffers = None
         if not recompute:  # one chunk's buffers, reused: no allocation churn per chunk
             buffers = {"p": k_t.new_empty(b * heads * rows * n),
@@ -322,11 +378,14 @@ class SelfAttentionMaps:
                 agg = torch.maximum(agg, part)
             else:
                 agg = agg + part
-        agg = agg / (heads if self.fusion == "tokens" else heads * n)
-
-        total, count = self.sums.get((h, w), (0, 0))
-        self.sums[(h, w)] = [total + agg, count + 1]
+        self._record((h, w), agg, heads, n)
         return out.view(b, n, inner)
+
+    def _record(self, grid: tuple[int, int], agg: torch.Tensor, heads: int, n: int) -> None:
+        """Add one layer's summed aggregate (divided here by heads, and by N for ``"gate"``)."""
+        agg = agg / (heads if self.fusion == "tokens" else heads * n)
+        total, count = self.sums.get(grid, (0, 0))
+        self.sums[grid] = [total + agg, count + 1]
 
     def structure(self) -> torch.Tensor:
         """psi' of eq. SF-1 from the recorded layers (mean per grid; normalised per grid for the

@@ -199,6 +199,7 @@ def test_every_resolution_contributes_to_the_balanced_hierarchy(fusion):
 
 def test_chunk_size_per_device(monkeypatch):
     assert default_chunk_elements("cpu") == default_chunk_elements(None) == CPU_CHUNK_ELEMENTS
+    assert default_chunk_elements("cpu", fused=True) == fusion_module.CPU_FUSED_CHUNK_ELEMENTS > CPU_CHUNK_ELEMENTS
     low, high = fusion_module.CUDA_CHUNK_RANGE
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for free, expected in ((1 << 20, low), (80 << 30, high), (12 << 30, (12 << 30) // (16 * 3 * 4))):
@@ -307,3 +308,23 @@ def test_gate_refinement_scales_every_feature():
     torch.testing.assert_close(refine_gate(feature, torch.ones(2, 2, 2), 1.0), feature)
     with pytest.raises(ValueError, match="does not fit"):
         refine_gate(feature, torch.ones(3, 2, 2), 1.0)
+
+
+@pytest.mark.parametrize("fusion", ["tokens", "gate"])
+@pytest.mark.parametrize("chunk", [None, 5 * HEADS * 2 * 60])
+def test_fused_cpu_path_equals_the_reference_path(fusion, chunk, monkeypatch):
+    """Without gradients on the CPU the output and lse come from the fused kernel and the maps
+    from exp(logits - lse) (_fused_maps); with gradients every chunk runs the explicit softmax
+    (_chunk_maps, checkpointed). Same outputs and psi' to float32 rounding, any chunk size."""
+    fast, reference = (SelfAttentionMaps(fusion, COMMON, max_chunk_elements=chunk) for _ in range(2))
+    calls = []
+    original = fusion_module._fused_maps
+    monkeypatch.setattr(fusion_module, "_fused_maps", lambda *a: calls.append(1) or original(*a))
+    for seed, grid in enumerate(LAYER_GRIDS):
+        q, k, v = qkv(grid, seed=seed)
+        with torch.no_grad():
+            out = fast.attention(q, k, v, HEADS, grid)
+        expected = reference.attention(*(t.clone().requires_grad_() for t in (q, k, v)), HEADS, grid)
+        torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-6)
+    assert len(calls) == len(LAYER_GRIDS)  # the fast path ran for every layer
+    torch.testing.assert_close(fast.structure(), reference.structure().detach(), rtol=1e-5, atol=1e-7)
