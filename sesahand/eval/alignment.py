@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..render.conditions import HandLabels
-from ..render.maps import OPENPOSE_HAND_EDGES
+from ..render.maps import draw_hand_skeleton
 from .detector import DetectedHand, HandKeypointDetector
 
 #: PCK thresholds, as fractions of the hand size.
@@ -338,19 +338,13 @@ def draw_overlay(image: np.ndarray, hands: Sequence[HandLabels | Mapping],
     draw = ImageDraw.Draw(canvas)
     radius = max(2, round(min(image.shape[:2]) / 160))
 
-    def skeleton(points, color):
-        for a, b in OPENPOSE_HAND_EDGES:
-            draw.line([tuple(points[a]), tuple(points[b])], fill=color, width=max(1, radius // 2))
-        for x, y in points:
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color)
-
     for t, h in zip(targets, result.hands):
         if t.box is not None and h.checked:
             draw.rectangle(t.box.tolist(), outline=BOX_COLOR, width=max(1, radius // 2))
             draw.text((t.box[0] + 2, t.box[1] + 2), f"{h.index} {h.side}", fill=BOX_COLOR)
-        skeleton(t.joints2d.tolist(), LABEL_COLOR)
+        draw_hand_skeleton(draw, t.joints2d.tolist(), LABEL_COLOR, radius)
         if h.detected_joints2d is not None:
-            skeleton(h.detected_joints2d, DETECTED_COLOR)
+            draw_hand_skeleton(draw, h.detected_joints2d, DETECTED_COLOR, radius)
     verdict = "PASS" if result.passed else "FAIL"
     draw.rectangle([0, 0, image.shape[1], 14], fill=(0, 0, 0))
     draw.text((3, 2), f"{verdict} score {result.score:.2f}  detected {result.num_detections}  "

@@ -28,7 +28,7 @@ from ..hands.types import HAND_COLORS, HandScene
 from ..io import to_uint8
 from ..pipeline import RenderedHands, render_scenes
 from ..render import Conditions
-from ..render.maps import OPENPOSE_HAND_EDGES
+from ..render.maps import draw_hand_skeleton
 from .fitter import FittedHand
 from .framing import Framing
 
@@ -172,17 +172,11 @@ def draw_fit_overlay(photo: np.ndarray, fits: Sequence[FittedHand], masks: np.nd
     draw = ImageDraw.Draw(image)
     radius = max(2, round(min(canvas.shape[:2]) / 180))
 
-    def skeleton(points, colour):
-        for a, b in OPENPOSE_HAND_EDGES:
-            draw.line([tuple(points[a]), tuple(points[b])], fill=colour, width=max(1, radius // 2))
-        for x, y in points:
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
-
     for i, f in enumerate(fits):
         detected = f.detected2d if framing is None else framing.points(f.detected2d)
         fitted = f.joints2d if framing is None else framing.points(f.joints2d)
-        skeleton(detected.tolist(), DETECTED_COLOR)
-        skeleton(fitted.tolist(), LABEL_COLOR)
+        draw_hand_skeleton(draw, detected.tolist(), DETECTED_COLOR, radius)
+        draw_hand_skeleton(draw, fitted.tolist(), LABEL_COLOR, radius)
         x0, y0 = detected.min(0)
         verdict = "kept" if f.ok else f.problems[0].split(":")[0]
         draw.text((float(x0), max(16.0, float(y0) - 12)),

@@ -240,3 +240,18 @@ def draw_hand_poses(joints2d: list[np.ndarray], drawable: list[np.ndarray], widt
             if good:
                 draw.ellipse([x - r, y - r, x + r, y + r], fill=OPENPOSE_KEYPOINT_COLOR)
     return np.array(canvas), x0, y0
+
+
+def draw_hand_skeleton(draw: ImageDraw.ImageDraw, points, colour, radius: int) -> None:
+    """Draw one hand's 21 keypoints and their OpenPose limbs on a PIL ``draw`` (for overlays a
+    person reads: labels vs detections), in one flat ``colour``.
+
+    Args:
+        points: 21 ``(x, y)`` pixel positions, OpenPose hand order.
+        colour: an RGB tuple.
+        radius: joint dot radius in pixels; limbs are ``max(1, radius // 2)`` wide.
+    """
+    for a, b in OPENPOSE_HAND_EDGES:
+        draw.line([tuple(points[a]), tuple(points[b])], fill=colour, width=max(1, radius // 2))
+    for x, y in points:
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)

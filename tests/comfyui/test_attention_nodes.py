@@ -44,20 +44,9 @@ def ae(comfyui):
 def tiny_model(comfyui):
     """A ModelPatcher around a random SD1.5-shaped UNet (32 channels, 2 levels, 1.6 M params):
     cross-attention in input blocks 1 and 3, the middle block and output blocks 0-3."""
-    import comfy.model_patcher
     import comfy.supported_models
 
-    model = comfy.supported_models.SD15(dict(TINY_UNET)).get_model({})
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        # Buffers made with torch.empty (MMDiT's pos_embed) would hold whatever memory held.
-        for b in model.diffusion_model.buffers():
-            if b.is_floating_point():
-                b.copy_(torch.randn(b.shape, generator=g) * 0.05)
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    return random_patcher(comfy.supported_models.SD15(dict(TINY_UNET)).get_model({}))
 
 
 @pytest.fixture(scope="module")
