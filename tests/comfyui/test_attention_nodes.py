@@ -83,8 +83,9 @@ def sample(model, steps: int = 2, cfg: float = 3.0, latent_batch: int = 1):
     return out[0]["samples"]
 
 
-def branches(model, **kwargs):
-    """The first step's (positive, negative) denoised predictions, recorded after CFG."""
+def first_step_branches(model, run):
+    """The first step's (positive, negative) denoised predictions, recorded after CFG while
+    ``run(probe)`` samples a clone of ``model``."""
     recorded = []
 
     def record(args):
@@ -93,8 +94,13 @@ def branches(model, **kwargs):
 
     probe = model.clone()
     probe.set_model_sampler_post_cfg_function(record)
-    sample(probe, steps=1, **kwargs)
+    run(probe)
     return recorded[0]
+
+
+def branches(model, **kwargs):
+    """The first step's (positive, negative) denoised predictions of :func:`sample`."""
+    return first_step_branches(model, lambda probe: sample(probe, steps=1, **kwargs))
 
 
 def options_snapshot(model) -> dict:
@@ -508,17 +514,8 @@ def family_branches(model, cond, uncond, channels: int, cfg: float = 3.0):
     """The first step's (positive, negative) denoised predictions on an 8x8 latent."""
     import nodes
 
-    recorded = []
-
-    def record(args):
-        recorded.append((args["cond_denoised"].clone(), args["uncond_denoised"].clone()))
-        return args["denoised"]
-
-    probe = model.clone()
-    probe.set_model_sampler_post_cfg_function(record)
-    nodes.common_ksampler(probe, 7, 1, cfg, "euler", "simple", cond, uncond,
-                          {"samples": torch.zeros(2, channels, 8, 8)})
-    return recorded[0]
+    return first_step_branches(model, lambda probe: nodes.common_ksampler(
+        probe, 7, 1, cfg, "euler", "simple", cond, uncond, {"samples": torch.zeros(2, channels, 8, 8)}))
 
 
 def family_sample(model, cond, uncond, channels: int):
