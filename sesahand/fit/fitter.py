@@ -16,8 +16,9 @@ L-BFGS (strong Wolfe line search):
 * Joint limits: the articulation is the 20 anatomical angles of
   :mod:`sesahand.hands.anatomy` (MCP/PIP/DIP flexion and MCP spread per finger; thumb CMC
   abduction and cross, MCP and IP), each mapped into its range of ``anatomy.LIMITS`` by a
-  sigmoid, so limits hold exactly; ``hand_pose`` follows from
-  :func:`~sesahand.hands.anatomy.angles_to_hand_pose`.
+  sigmoid, so limits hold exactly; the joint rotations follow from
+  :func:`~sesahand.hands.anatomy.angles_to_rotmats` and go to the model's ``keypoints`` as
+  matrices (no axis-angle round trip per step); ``hand_pose`` is their axis-angle.
 * ``E_pose``: small-angle prior, mean squared angle (radians).
 * MANO only: ``E_pca``, MANO's PCA pose prior (mean squared PCA coefficient of
   ``hand_pose - hands_mean`` divided by the spread of MANO's training poses), and
@@ -46,8 +47,8 @@ import numpy as np
 import torch
 
 from ..eval.detector import DetectedHand, HandKeypointDetector
-from ..hands.anatomy import ANGLE_NAMES, angle_limits, angles_to_hand_pose
-from ..hands.base import HandModel, mirror_rotvec
+from ..hands.anatomy import ANGLE_NAMES, angle_limits, angles_to_rotmats
+from ..hands.base import HandModel, mirror_rotmat
 from ..hands.types import NUM_BETAS, HandParams
 from ..render.maps import OPENPOSE_HAND_EDGES
 from .photo import as_rgb8, photo_intrinsics
@@ -234,6 +235,7 @@ class _Problem:
                  world: torch.Tensor, sizes: torch.Tensor, options: FitOptions):
         self.model, self.side, self.K, self.options = model, side, K, options
         self.det2d, self.world, self.sizes = det2d, world, sizes
+        self.K_inv = torch.linalg.inv(K)
         self.n = det2d.shape[0]
         self.lo, self.hi = (t.double() for t in angle_limits())
         parents, children = zip(*BONES)
@@ -250,18 +252,24 @@ class _Problem:
     def angles(self, raw: torch.Tensor) -> torch.Tensor:
         return self.lo + (self.hi - self.lo) * torch.sigmoid(raw)
 
+    def rotmats(self, raw: torch.Tensor) -> torch.Tensor:
+        """The 15 joint rotations (N, 15, 3, 3) of this side for the raw angles."""
+        rot = angles_to_rotmats(self.angles(raw))
+        return mirror_rotmat(rot) if self.side == "left" else rot
+
     def hand_pose(self, raw: torch.Tensor) -> torch.Tensor:
-        pose = angles_to_hand_pose(self.angles(raw))
-        return mirror_rotvec(pose) if self.side == "left" else pose
+        import roma
+
+        return roma.rotmat_to_rotvec(self.rotmats(raw)).flatten(-2)
 
     def joints(self, rot, raw, wrist, log_depth, betas):
         """Camera-frame joints (N, 21, 3) and the transl that places them. ``wrist`` (N, 2) is
         the wrist's offset from the detected wrist in hand sizes (well scaled for L-BFGS)."""
         wrist_px = self.det2d[:, 0] + wrist * self.sizes[:, None]
         zeros = rot.new_zeros(self.n, 3)
-        rel = self.model.keypoints(self.side, rot, self.hand_pose(raw), betas, zeros).double()
+        rel = self.model.keypoints(self.side, rot, self.rotmats(raw), betas, zeros).double()
         depth = torch.exp(log_depth)[:, None]
-        ray = torch.cat([wrist_px, wrist_px.new_ones(self.n, 1)], dim=1) @ torch.linalg.inv(self.K).T
+        ray = torch.cat([wrist_px, wrist_px.new_ones(self.n, 1)], dim=1) @ self.K_inv.T
         transl = ray * depth - rel[:, 0]
         return rel + transl[:, None], transl
 

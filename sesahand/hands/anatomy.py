@@ -157,21 +157,33 @@ def _angle_axes() -> torch.Tensor:
 _AXES = _angle_axes()
 
 
-def angles_to_hand_pose(angles: torch.Tensor) -> torch.Tensor:
-    """Anatomical angles -> MANO ``hand_pose``, batched and differentiable (for fitting).
+def _axis_terms(axes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rodrigues' constant terms of fixed unit axes (20, 3): the cross-product matrices [a]x
+    and their squares, each (20, 3, 3), so R(theta) = I + sin(theta) [a]x + (1 - cos(theta)) [a]x^2."""
+    zero = torch.zeros_like(axes[:, 0])
+    x, y, z = axes.unbind(-1)
+    cross = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).view(-1, 3, 3)
+    return cross, cross @ cross
+
+
+_CROSS, _CROSS2 = _axis_terms(_AXES)
+
+
+def angles_to_rotmats(angles: torch.Tensor) -> torch.Tensor:
+    """Anatomical angles -> the 15 MANO joint rotations as matrices, batched and differentiable.
 
     Args:
         angles: (..., 20) degrees in :data:`ANGLE_NAMES` order (right-hand convention; limits
             are not applied here).
 
-    Returns: (..., 45) axis-angle in radians, MANO joint order, relative to the flat hand,
+    Returns: (..., 15, 3, 3) rotation matrices, MANO joint order, relative to the flat hand,
     same dtype as ``angles``. Long fingers: MCP = R_y(spread) R_z(mcp), PIP = R_z(pip),
     DIP = R_z(dip); thumb CMC = R_n(cross) R_(d1 x n)(abduct), MCP and IP about the pronated
     axes of the module docstring.
     """
-    import roma
-
-    R = roma.rotvec_to_rotmat(torch.deg2rad(angles)[..., None] * _AXES.to(angles))  # (..., 20, 3, 3)
+    theta = torch.deg2rad(angles)[..., None, None]  # rotations about fixed axes: Rodrigues
+    R = torch.eye(3, dtype=angles.dtype) + torch.sin(theta) * _CROSS.to(angles) \
+        + (1.0 - torch.cos(theta)) * _CROSS2.to(angles)  # (..., 20, 3, 3)
     mats = [None] * 15
     for k, name in enumerate(FINGERS):
         s = MANO_FINGER_SLOTS[name]
@@ -182,7 +194,15 @@ def angles_to_hand_pose(angles: torch.Tensor) -> torch.Tensor:
     mats[s] = R[..., 17, :, :] @ R[..., 16, :, :]
     mats[s + 1] = R[..., 18, :, :]
     mats[s + 2] = R[..., 19, :, :]
-    return roma.rotmat_to_rotvec(torch.stack(mats, dim=-3)).flatten(-2)
+    return torch.stack(mats, dim=-3)
+
+
+def angles_to_hand_pose(angles: torch.Tensor) -> torch.Tensor:
+    """Anatomical angles (..., 20) degrees -> MANO ``hand_pose`` (..., 45) axis-angle, radians:
+    :func:`angles_to_rotmats` as axis-angle (for fitting: batched and differentiable)."""
+    import roma
+
+    return roma.rotmat_to_rotvec(angles_to_rotmats(angles)).flatten(-2)
 
 
 def sample_angles(generator: torch.Generator) -> HandAngles:

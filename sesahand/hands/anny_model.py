@@ -47,10 +47,17 @@ from typing import Sequence
 import torch
 
 from ..io import atomic_path
-from .base import MIRROR, HandModel, mirror_params, mirror_rotvec
+from .base import MIRROR, HandModel, mirror_params, mirror_rotmat, mirror_rotvec
 from .types import HandMesh, HandParams
 
 log = logging.getLogger(__name__)
+
+
+def _rotvec_to_rotmat(rotvec: torch.Tensor) -> torch.Tensor:
+    """Axis-angle (..., 3) radians -> rotation matrices (..., 3, 3) (roma)."""
+    import roma
+
+    return roma.rotvec_to_rotmat(rotvec)
 
 #: Anny bone for each MANO joint, in ``hand_pose`` order (see ``types.MANO_JOINT_NAMES``).
 MANO_TO_ANNY_BONES = (
@@ -210,6 +217,15 @@ class AnnyHandModel(HandModel):
         refs = self._model.reference_bone_orientations
         self._U0 = (refs[0] if refs is not None else rest["rest_bone_poses"][0, 0, :3, :3]).to(self._dtype)
         self._flatten = self._flattening(heads, vertices, axes[:, 1])
+        # _deltas' constant factors: bone c's delta is U0 F_p^T R_align R_c R_align^T F_c U0^T.
+        F = self._flatten.to(self.device, self._dtype)
+        F_parent = torch.cat([torch.eye(3, dtype=self._dtype, device=self.device)[None], F[:-1]])
+        F_parent[::3] = torch.eye(3, dtype=self._dtype, device=self.device)  # each finger's first bone
+        R = self.R_align.to(self._dtype)
+        self._delta_left = self._U0 @ F_parent.transpose(1, 2) @ R  # (15, 3, 3)
+        self._delta_right = R.T @ F @ self._U0.T  # (15, 3, 3)
+        self._identity_deltas = torch.eye(4, dtype=self._dtype, device=self.device).expand(
+            1, len(labels), 4, 4)
         # For keypoints(): the rest skeleton and the fingertip vertices' skinning data.
         self._rest_bone_poses = rest["rest_bone_poses"].detach()
         self._tip_rest = rest["rest_vertices"][0, self._tips].detach()
@@ -287,15 +303,17 @@ class AnnyHandModel(HandModel):
 
         Only the skeleton (forward kinematics) and the five fingertip vertices are posed,
         with the same kinematics and linear blend skinning as :meth:`forward`; ``betas`` are
-        ignored (the open hand has no MANO shape space).
+        ignored (the open hand has no MANO shape space). ``hand_pose`` may be (N, 15, 3, 3)
+        rotation matrices: they go straight into the kinematics (no axis-angle round trip).
         """
         dt, dev = self._dtype, self.device
         go, hp, tr = (x.to(dev, dt) for x in (global_orient, hand_pose, transl))
+        n = go.shape[0]
+        rot = hp if hp.ndim == 4 else _rotvec_to_rotmat(hp.reshape(n, 15, 3))
         if side == "left":  # a left hand is the mirror image of the mirrored right hand
-            go, hp = mirror_rotvec(go), mirror_rotvec(hp)
+            go, rot = mirror_rotvec(go), mirror_rotmat(rot)
             tr = tr * torch.tensor([-1.0, 1.0, 1.0], dtype=dt, device=dev)
-        deltas = self._deltas(hp)
-        transforms, bone_poses = self._model.get_bone_transforms(deltas, self._rest_bone_poses)
+        transforms, bone_poses = self._model.get_bone_transforms(self._deltas(rot), self._rest_bone_poses)
         heads = bone_poses[:, :, :3, 3]
         T = transforms[:, self._tip_bones]  # (N, 5, k, 4, 4)
         posed = (T[..., :3, :3] @ self._tip_rest[None, :, None, :, None])[..., 0] + T[..., :3, 3]
@@ -306,25 +324,17 @@ class AnnyHandModel(HandModel):
         joints = self._to_camera(torch.stack(keypoints, dim=1), go, tr).float()
         return joints @ MIRROR.T if side == "left" else joints
 
-    def _deltas(self, hand_pose: torch.Tensor) -> torch.Tensor:
-        """Anny local-ref pose deltas (N, bones, 4, 4) for right-hand ``hand_pose`` (N, 45)."""
-        import roma
+    def _deltas(self, rot: torch.Tensor) -> torch.Tensor:
+        """Anny local-ref pose deltas (N, bones, 4, 4) for right-hand MANO joint rotations
+        ``rot`` (N, 15, 3, 3) in MANO's rest frame.
 
-        n = hand_pose.shape[0]
-        dt, dev = self._dtype, self.device
-        R = self.R_align.to(dt)
-        rot = roma.rotvec_to_rotmat(hand_pose.reshape(n, 15, 3))  # (N, 15, 3, 3) in MANO's rest frame
-        # Per bone c with parent p in the same finger chain: D_c = F_p^T (R R_c R^T) F_c, so the
-        # bone's world rotation is (R_1 ... R_c) F_c: MANO's chain applied to the flattened hand.
-        F = self._flatten.to(dev, dt)
-        F_parent = torch.cat([torch.eye(3, dtype=dt, device=dev)[None], F[:-1]]).reshape(5, 3, 3, 3)
-        F_parent[:, 0] = torch.eye(3, dtype=dt, device=dev)
-        F_parent = F_parent.reshape(15, 3, 3)
-        Q = F_parent.transpose(1, 2) @ (R @ rot @ R.T) @ F
-        eye = torch.eye(4, dtype=dt, device=dev).repeat(n, len(self._bone_index), 1, 1)
-        rotations = eye[:, :, :3, :3].clone()
-        rotations[:, self._pose_bones] = self._U0 @ Q @ self._U0.T
-        return torch.cat([torch.cat([rotations, eye[:, :, :3, 3:]], dim=3), eye[:, :, 3:]], dim=2)
+        Per bone c with parent p in the same finger chain: D_c = F_p^T (R R_c R^T) F_c, so the
+        bone's world rotation is (R_1 ... R_c) F_c: MANO's chain applied to the flattened hand
+        (conjugated by U0, ``__init__``); the constant factors are precomputed.
+        """
+        deltas = self._identity_deltas.expand(rot.shape[0], -1, -1, -1).clone()
+        deltas[:, self._pose_bones, :3, :3] = self._delta_left @ rot @ self._delta_right
+        return deltas
 
     def _to_camera(self, x: torch.Tensor, global_orient: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
         """Anny rest-frame points (N, P, 3) -> camera frame: into MANO's rest frame with the wrist
@@ -342,7 +352,7 @@ class AnnyHandModel(HandModel):
         dt, dev = self._dtype, self.device
         hand_pose = torch.stack([p.hand_pose for p in params]).to(dev, dt)
         with torch.no_grad():
-            out = self._model(pose_parameters=self._deltas(hand_pose))
+            out = self._model(pose_parameters=self._deltas(_rotvec_to_rotmat(hand_pose.reshape(-1, 15, 3))))
         heads = out["bone_poses"][:, :, :3, 3]
         keypoints = []
         tip = iter(self._tips.tolist())

@@ -11,6 +11,8 @@ from .types import HandMesh, HandParams
 
 #: Mirror across the camera's yz-plane (x -> -x): turns a right hand into a left hand.
 MIRROR = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
+#: Signs of S R S for S = MIRROR, element-wise.
+_MIRROR_SIGNS = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]])
 
 
 def mirror_rotvec(rotvec: torch.Tensor) -> torch.Tensor:
@@ -23,6 +25,12 @@ def mirror_rotvec(rotvec: torch.Tensor) -> torch.Tensor:
     r = rotvec.reshape(*rotvec.shape[:-1], -1, 3).clone()
     r[..., 1:] *= -1
     return r.reshape(rotvec.shape)
+
+
+def mirror_rotmat(rotmat: torch.Tensor) -> torch.Tensor:
+    """Mirror rotation matrices (..., 3, 3) across the yz-plane: S R S with S = diag(-1, 1, 1)
+    (the matrix form of :func:`mirror_rotvec`)."""
+    return rotmat * _MIRROR_SIGNS.to(rotmat)
 
 
 def mirror_params(params: HandParams) -> HandParams:
@@ -67,7 +75,8 @@ class HandModel(ABC):
         Args:
             side: ``"right"`` or ``"left"``.
             global_orient: (N, 3) axis-angle, radians. hand_pose: (N, 45) axis-angle, radians,
-                MANO order, relative to the flat hand. betas: (N, 10). transl: (N, 3) metres.
+                MANO order, relative to the flat hand, or the same 15 rotations as (N, 15, 3, 3)
+                matrices. betas: (N, 10). transl: (N, 3) metres.
 
         Returns: (N, 21, 3) float32 joints in the camera frame (metres), equal to the
         ``joints`` of :meth:`forward` for the same parameters; gradients flow to the inputs.

@@ -275,6 +275,10 @@ class ManoHandModel(HandModel):
         Raises: ValueError / FileNotFoundError for an unknown or unloaded side.
         """
         self._check_side(side)
+        if hand_pose.ndim == 4:  # (N, 15, 3, 3) rotation matrices
+            import roma
+
+            hand_pose = roma.rotmat_to_rotvec(hand_pose).flatten(1)
         out = self._layers[side](**{k: v.to(self.device, torch.float32) for k, v in (
             ("betas", betas), ("global_orient", global_orient), ("hand_pose", hand_pose),
             ("transl", transl))})

@@ -4,10 +4,11 @@ models, both sides) and passes gradients; batched anatomical angles match the pr
 from __future__ import annotations
 
 import pytest
+import roma
 import torch
 
 from sesahand.hands import HandParams
-from sesahand.hands.anatomy import ANGLE_NAMES, angle_limits, angles_to_hand_pose
+from sesahand.hands.anatomy import ANGLE_NAMES, angle_limits, angles_to_hand_pose, angles_to_rotmats
 from sesahand.hands.poses import load_presets
 
 
@@ -33,6 +34,12 @@ def _check(model, side: str, betas: bool):
     assert torch.allclose(keypoints, joints, atol=1e-5)
     keypoints.sum().backward()
     assert stack["hand_pose"].grad is not None and stack["hand_pose"].grad.abs().sum() > 0
+    # The same 15 rotations as matrices (the fitter's path) give the same joints and gradients.
+    rotmats = roma.rotvec_to_rotmat(stack["hand_pose"].detach().reshape(3, 15, 3)).requires_grad_(True)
+    from_matrices = model.keypoints(side, **{**stack, "hand_pose": rotmats})
+    assert torch.allclose(from_matrices, joints, atol=1e-5)
+    from_matrices.sum().backward()
+    assert rotmats.grad is not None and rotmats.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -53,6 +60,8 @@ def test_batched_angles_match_each_preset():
     presets = load_presets()
     vectors = torch.stack([a.to_vector() for a in presets.values()])
     batched = angles_to_hand_pose(vectors.double())
+    assert torch.allclose(roma.rotvec_to_rotmat(batched.view(-1, 15, 3)), angles_to_rotmats(vectors.double()),
+                          atol=1e-9)
     assert batched.shape == (len(presets), 45) and batched.dtype == torch.float64
     for row, angles in zip(batched, presets.values()):
         assert torch.allclose(row.float(), angles.to_hand_pose(), atol=1e-6)
