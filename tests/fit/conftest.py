@@ -28,6 +28,7 @@ EXPECTED_SIDES = {
     "two_hands_back.jpg": ["left", "left"],
     "raised_hand_cut.jpg": ["left"],
     "pinch_right.jpg": ["right"],
+    "holding_flute_right.jpg": ["right"],  # fingers on the keys of a flute, thumb hidden
     "no_hand.jpg": [],
 }
 

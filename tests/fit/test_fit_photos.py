@@ -33,7 +33,7 @@ def test_residual_targets_on_real_photos(photo_fits):
             errors.append(f.mean_error)
             pcks.append(f.pck["0.1"])
             json.dumps(f.to_dict(), allow_nan=False)
-    assert len(errors) == 10
+    assert len(errors) == 11
     assert float(np.median(errors)) <= 0.05, errors
     assert float(np.median(pcks)) >= 0.95, pcks
 
@@ -53,6 +53,22 @@ def test_pinch_keeps_thumb_and_index_tips_together(photo_fits):
 
 def test_no_hand_photo_gives_no_hand(photo_fits):
     assert photo_fits["no_hand.jpg"].fits == []
+
+
+def test_hand_holding_an_object_is_fitted_and_kept(photo_fits):
+    """A hand on a flute (fingers on the keys, thumb hidden behind it): detected, kept, and the
+    fitted fingers curl round the instrument: the long fingers' total flexion (MCP + PIP + DIP
+    of index..little) is more than twice that of either open palm of the set."""
+    fits = photo_fits["holding_flute_right.jpg"].fits
+    assert len(fits) == 1 and fits[0].ok and fits[0].side == "right", [f.problems for f in fits]
+    assert fits[0].mean_error <= 0.05 and fits[0].pck["0.1"] >= 0.95, (fits[0].mean_error, fits[0].pck)
+
+    def flexion(f):
+        return sum(f.angles[f"{finger}_{joint}"] for finger in ("index", "middle", "ring", "little")
+                   for joint in ("mcp", "pip", "dip"))
+
+    for name in ("open_palm_left.jpg", "open_palm_right.jpg"):
+        assert flexion(fits[0]) > 2 * flexion(photo_fits[name].fits[0]), name
 
 
 def test_hands_holding_an_object_are_reported_not_invented(photo_fits, detector):
