@@ -100,8 +100,9 @@ class Conditions:
         mesh: (B, H, W, 3) float32 0..1, Lambert-shaded hands on black, colour by side.
         depth: (B, H, W) float32 camera z in metres of the nearest hand surface, 0 where no
             hand.
-        depth_image: (B, H, W) float32 0..1, HandRefiner-style depth: per hand, near = 1.0,
-            the hand's farthest visible pixel = 0.2, background 0.
+        depth_image: (B, H, W) float32 0..1, HandRefiner-style depth: per hand (with its
+            arm, when one is rendered), near = 1.0, the farthest visible pixel = 0.2,
+            background 0.
         normal: (B, H, W, 3) float32 0..1, NormalBAE colours ``(1 - n) / 2`` of the unit
             camera-facing normal n (OpenCV frame); background 0 (black).
         masks: per frame a (Nh, H, W) bool tensor, one mask of visible pixels per hand, in

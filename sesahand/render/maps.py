@@ -37,8 +37,9 @@ ControlNets: each limb a band 4 px wide in its body-limb colour at 60 % (right u
 (85, 255, 0)), each joint a disc of radius 4 in its body-keypoint colour.
 
 Arms (``arm`` option) are shaded like hands in :data:`ARM_COLOR` (grey, so that a ControlNet
-trained on hand meshes sees where the hand ends); their depth image is normalised per arm
-like a hand's.
+trained on hand meshes sees where the hand ends); in the depth image a hand and its arm are
+normalised together (one near-to-far range, so the depth runs on across the wrist without a
+step).
 """
 
 from __future__ import annotations
@@ -142,6 +143,27 @@ def shade(position: torch.Tensor, normal: torch.Tensor, color: torch.Tensor):
     return color * (AMBIENT + (1.0 - AMBIENT) * lambert), 0.5 - 0.5 * n
 
 
+def fill_depth_image(depth_image: np.ndarray, depth: np.ndarray, selected: np.ndarray,
+                     rect: tuple[int, int, int, int]) -> None:
+    """HandRefiner-style depth of one object (a hand, or a hand with its arm) in place.
+
+    Sets ``depth_image`` (H, W) float32 on the ``selected`` (H, W) bool pixels inside ``rect``
+    (``x0, y0, x1, y1``, max exclusive) to ``1 - 0.8 (z - z_min) / (z_max - z_min)`` over those
+    pixels, ``z`` the rendered camera depth (H, W) in metres (1.0 for all of them when seen at
+    a single depth). Nothing happens when no pixel is selected.
+    """
+    x0, y0, x1, y1 = rect
+    crop = (slice(y0, y1), slice(x0, x1))
+    sel = selected[crop]
+    z = depth[crop][sel]
+    if z.size == 0:
+        return
+    z_min = z.min()
+    span = z.max() - z_min
+    depth_image[crop][sel] = 1.0 - HANDREFINER_DEPTH_SPAN * ((z - z_min) / span) if span > 0 \
+        else 1.0
+
+
 def fill_hand_pixels(index: int, rect: tuple[int, int, int, int], hand: np.ndarray,
                      depth: np.ndarray, own_mask: np.ndarray, mask: np.ndarray,
                      depth_image: np.ndarray) -> torch.Tensor | None:
@@ -172,11 +194,7 @@ def fill_hand_pixels(index: int, rect: tuple[int, int, int, int], hand: np.ndarr
     cols = np.flatnonzero(sel.any(axis=0))
     own_mask[crop] = sel
     mask[crop][sel] = 1.0
-    z = depth[crop][sel]
-    z_min = z.min()
-    span = z.max() - z_min
-    depth_image[crop][sel] = 1.0 - HANDREFINER_DEPTH_SPAN * ((z - z_min) / span) if span > 0 \
-        else 1.0
+    fill_depth_image(depth_image, depth, own_mask, rect)
     return torch.tensor([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1],
                         dtype=torch.float32)
 

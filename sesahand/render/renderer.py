@@ -13,7 +13,7 @@ import torch
 from ..camera import Camera
 from ..hands.types import HandMesh
 from .conditions import ArmLabels, Conditions, HandLabels
-from .maps import draw_hand_poses, fill_hand_pixels
+from .maps import draw_hand_poses, fill_depth_image, fill_hand_pixels
 from .projection import NEAR_M
 from .scene import MAX_HANDS_PER_FRAME, ZeroArrays, check_frames, prepare_frame
 
@@ -189,6 +189,10 @@ class Renderer:
                                            arm_mask[b], depth_image[b])
                     frame_labels[j].arm = self._arm_label(b, j, n, arm, cam, box, depth[b],
                                                           hand[b])
+                    # One depth range for the hand and its arm: no step at the wrist.
+                    (hx0, hy0, hx1, hy1), (ax0, ay0, ax1, ay1) = frame.rects[j], rect
+                    fill_depth_image(depth_image[b], depth[b], frame_masks[j] | own_arm[j],
+                                     (min(hx0, ax0), min(hy0, ay0), max(hx1, ax1), max(hy1, ay1)))
                 labels.append(frame_labels)
                 masks.append(self._tensor(frame_masks, [(i, *rect) for i, rect in
                                                         enumerate(frame.rects[:n])], device))

@@ -97,6 +97,11 @@ def test_the_arm_renders_in_every_map_and_joins_the_hand_at_the_wrist(anny_model
         assert (image[torch.from_numpy(arm_px)].sum(-1) > 0).all()
     assert (cond.depth[0][torch.from_numpy(arm_px)] > 0).all()
     assert (cond.depth_image[0][torch.from_numpy(arm_px)] >= 0.2 - 1e-6).all()
+    # hand and arm share one depth range (no step at the wrist): one affine map of metric depth
+    both = torch.from_numpy(arm_px | hand_px)
+    z, shade = cond.depth[0][both].double(), cond.depth_image[0][both].double()
+    expected = 1.0 - 0.8 * (z - z.min()) / (z.max() - z.min())
+    assert torch.allclose(shade, expected, atol=1e-5)
     # the arm mask joins the hand mask at the wrist
     touching = ndimage.binary_dilation(hand_px, iterations=2) & arm_px
     assert touching.sum() > 10
