@@ -20,6 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..attention.bias import DEFAULT_ALPHA
 from ..control.fusion import FUSION_MODES, HIERARCHIES
 from ..control.metadata import ATTENTION_LAYERS, RENDER_STYLES
 
@@ -59,7 +60,7 @@ class ModelConfig:
     controlnet_init: str | None = None
     fusion: str = "tokens"
     w: float = 1.0
-    alpha: float = 2.0
+    alpha: float = DEFAULT_ALPHA
     attention_layers: str = "decoder"
     render_style: str = "mesh"
     hierarchy: str = "balanced"
