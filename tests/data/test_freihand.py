@@ -49,12 +49,11 @@ def test_export_writes_one_right_hand_per_sample(mixed_dataset, tmp_path, capsys
         export_freihand(root, out)
 
 
-def test_mano_vectors_invert_from_freihand(mixed_dataset, tmp_path):
+def test_mano_vectors_invert_from_freihand(mixed_dataset, tmp_path, mano_pair):
     pytest.importorskip("smplx")
     from sesahand.hands import load_hand_model
-    from tests.hands.mano_fixtures import write_mano_pair
 
-    write_mano_pair(tmp_path)
+    mano_pair(tmp_path)
     root, hands = mixed_dataset
     report = export_freihand(root, tmp_path / "frei", mano_path=tmp_path)
     assert report.mano_written and report.written == 2

@@ -202,12 +202,11 @@ def test_bad_labels_name_the_record(toy_records, tmp_path):
         load_records([SourceConfig(kind="records", path=str(root))], lambda: None)
 
 
-def test_freihand_source_with_mano(toy_records, tokenizer, tmp_path):
+def test_freihand_source_with_mano(toy_records, tokenizer, tmp_path, mano_pair):
     pytest.importorskip("smplx")
     from sesahand.hands import load_hand_model
-    from tests.hands.mano_fixtures import write_mano_pair
 
-    write_mano_pair(tmp_path)
+    mano_pair(tmp_path)
     root = tmp_path / "FreiHAND"
     (root / "training" / "rgb").mkdir(parents=True)
     K = [[[80.0, 0.0, 32.0], [0.0, 80.0, 32.0], [0.0, 0.0, 1.0]]] * 2

@@ -19,7 +19,7 @@ from tools.comfy_server import comfy_command, running_server
 
 pytestmark = pytest.mark.comfyui
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MAX_GROWTH_MB = 100
 
 
