@@ -167,6 +167,20 @@ def tiny_models(comfyui, tmp_path_factory):
                            **folders)
 
 
+#: The SesaHand header of :func:`hand_controlnet`'s file (what sesahand.train writes).
+HAND_CONTROLNET_METADATA = {"sesahand.fusion": "tokens", "sesahand.w": "1.0", "sesahand.alpha": "2.5",
+                            "sesahand.render_style": "mesh"}
+
+
+@pytest.fixture(scope="session")
+def hand_controlnet(tiny_models):
+    """A tiny SesaHand ControlNet, ``hand_cn.safetensors`` in :func:`tiny_models`' ``sesahand``
+    folder (seed 3, header :data:`HAND_CONTROLNET_METADATA`: fusion tokens, w 1, alpha 2.5,
+    render style mesh), for the node tests and the served workflows; returns its path."""
+    return tiny_models.builder.build_controlnet(tiny_models.sesahand / "hand_cn.safetensors", seed=3,
+                                                metadata=HAND_CONTROLNET_METADATA)
+
+
 @pytest.fixture(scope="session")
 def server(comfyui, tiny_models, tmp_path_factory):
     """The one headless ComfyUI (a subprocess on a free loopback port) for every test that needs
