@@ -17,7 +17,7 @@ import pytest
 from sesahand.queue import Manifest, run_queue
 from tools.comfy_server import comfy_command, running_server
 
-pytestmark = pytest.mark.comfyui
+pytestmark = [pytest.mark.comfyui, pytest.mark.soak]
 
 REPO = Path(__file__).resolve().parents[3]
 MAX_GROWTH_MB = 100
