@@ -17,13 +17,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	touch $@
 
-# ComfyUI's own requirements (for the real-ComfyUI test tier), when a ComfyUI tree is present.
+# ComfyUI's own requirements (for the real-ComfyUI test tiers: tests/nodes, tests/server,
+# tests/browser), when a ComfyUI tree is present.
 $(VENV)/.comfyui: $(VENV)/.installed
 	@if [ -f "$(COMFYUI_PATH)/requirements.txt" ]; then \
 		grep -v -E '^(torch|torchvision|torchaudio)([<>=~ ]|$$)' "$(COMFYUI_PATH)/requirements.txt" > $(VENV)/comfyui-requirements.txt; \
 		$(PY) -m pip install -q -r $(VENV)/comfyui-requirements.txt requests && touch $@; \
 	else \
-		echo "No ComfyUI at $(COMFYUI_PATH): the real-ComfyUI test tier will be skipped (set COMFYUI_PATH)."; \
+		echo "No ComfyUI at $(COMFYUI_PATH): the real-ComfyUI test tiers will be skipped (set COMFYUI_PATH)."; \
 	fi
 
 venv: $(VENV)/.installed $(VENV)/.comfyui
@@ -66,7 +67,7 @@ browser:
 	fi
 
 test: venv test-models browser
-	@[ -f "$(COMFYUI_PATH)/main.py" ] || echo "=== SKIPPED: the real-ComfyUI test tier: no ComfyUI at $(COMFYUI_PATH) (set COMFYUI_PATH, or run make demo to clone it) ==="
+	@[ -f "$(COMFYUI_PATH)/main.py" ] || echo "=== SKIPPED: the real-ComfyUI test tiers (tests/nodes, tests/server, tests/browser): no ComfyUI at $(COMFYUI_PATH) (set COMFYUI_PATH, or run make demo to clone it) ==="
 	$(TEST_MODELS) COMFYUI_PATH="$(COMFYUI_PATH)" $(PY) -m pytest
 
 # The main job in a real ComfyUI: find (or clone) it, install its requirements, run the shipped workflow.

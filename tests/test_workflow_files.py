@@ -1,6 +1,6 @@
 """The shipped workflow files without a server: UI files are consistent graphs (format 0.4),
 the API copies hold the same nodes and links, thumbnails open, and the batch workflow varies
-under ``--vary pose,seed``. (Against a real server: tests/comfyui/test_workflows.py.)"""
+under ``--vary pose,seed``. (Against a real server: tests/server/test_workflows.py.)"""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ diffusers' ``ControlNetModel`` names the same modules ``conv_in``,
 ``class_embedding``/``add_embedding``. Transformer internals are named alike; res-block
 internals differ (``norm1`` = ``in_layers.0`` ...). The mapping is checked against diffusers'
 converter (tests/train/test_export.py) and ComfyUI's ``unet_to_diffusers``
-(tests/comfyui/test_train_export.py).
+(tests/nodes/test_train_export.py).
 """
 
 from __future__ import annotations

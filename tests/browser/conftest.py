@@ -1,5 +1,6 @@
-"""Real-browser tier: Debian's Chromium driven by Playwright (PyPI) against a real headless
-ComfyUI with this pack (tools/comfy_server.py).
+"""Real-browser tier: Debian's Chromium driven by Playwright (PyPI) against the session's
+shared headless ComfyUI with this pack (the ``server`` fixture of tests/plugins/comfyui.py, the
+same one tests/server uses).
 
 Skips with a loud reason when Chromium (``$SESAHAND_CHROMIUM``, default /usr/bin/chromium),
 the ``playwright`` package or ComfyUI (``$COMFYUI_PATH``, default ~/ComfyUI) is missing.
@@ -15,8 +16,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from tools.comfy_server import comfy_command, running_server
 
 REPO = Path(__file__).resolve().parents[2]
 COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH", "~/ComfyUI")).expanduser().resolve()
@@ -54,18 +53,17 @@ def chromium():
 
 
 @pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory):
-    """Base URL of a headless CPU ComfyUI with the pack loaded (its state in a temp folder)."""
+def comfy_server(request):
+    """Base URL of the shared headless CPU ComfyUI with the pack loaded (``server``).
+
+    Take it before ``chromium``: the shared server's first use imports ComfyUI in-process with
+    ``asyncio.run``, which cannot run while Playwright's loop runs in this thread."""
     if not (COMFYUI_PATH / "main.py").is_file():
         _skip(f"no ComfyUI at {COMFYUI_PATH} (set COMFYUI_PATH)")
-    from sesahand.hands.anny_model import default_cache_dir
-
-    root = tmp_path_factory.mktemp("comfy-browser")
-    command = comfy_command(root, {"sesahand": str(default_cache_dir())})
-    with running_server(COMFYUI_PATH, command, root) as (base, _):
-        # A fresh user sees the template browser first; a returning one the canvas.
-        requests.post(base + "/settings/Comfy.TutorialCompleted", json=True, timeout=30).raise_for_status()
-        yield base
+    base = request.getfixturevalue("server").url
+    # A fresh user sees the template browser first; a returning one the canvas.
+    requests.post(base + "/settings/Comfy.TutorialCompleted", json=True, timeout=30).raise_for_status()
+    return base
 
 
 @pytest.fixture(scope="session")

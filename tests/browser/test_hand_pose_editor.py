@@ -54,7 +54,7 @@ def wait_idle(page, settle_ms: int = 600):
 
 
 @pytest.fixture(scope="module")
-def page(chromium, comfy_server):
+def page(comfy_server, chromium):  # the server first (see conftest.py)
     page = chromium.new_page(viewport={"width": 1500, "height": 1000})
     errors = []
     page.on("pageerror", lambda e: errors.append(f"{e} {e.stack}"))
@@ -197,13 +197,19 @@ def _history_with_image(base: str, prompt_id: str, timeout: float = 300.0):
 
 def test_queued_render_matches_the_editor_projection(page, shots):
     text = page.evaluate(TEXT)
+    # The server is shared with tests/server: its history may hold their prompts already.
+    before = set(requests.get(page.base_url + "/history", timeout=30).json())
     result = page.evaluate("async () => { const r = await app.queuePrompt(0, 1); return r; }")
-    queue = requests.get(page.base_url + "/history", timeout=30).json()
+
+    def new_prompts() -> list[str]:
+        return [p for p in requests.get(page.base_url + "/history", timeout=30).json() if p not in before]
+
+    queued = new_prompts()
     deadline = time.monotonic() + 60
-    while not queue and time.monotonic() < deadline:  # queuePrompt returns before the server has it
+    while not queued and time.monotonic() < deadline:  # queuePrompt returns before the server has it
         time.sleep(0.5)
-        queue = requests.get(page.base_url + "/history", timeout=30).json()
-    prompt_id = next(iter(queue)) if queue else None
+        queued = new_prompts()
+    prompt_id = queued[0] if queued else None
     assert prompt_id, f"nothing was queued ({result})"
     entry = _history_with_image(page.base_url, prompt_id)
     assert entry["status"]["status_str"] == "success", entry["status"]

@@ -14,6 +14,12 @@ from sesahand.render import HandLabels
 W, H = 64, 48
 
 
+@pytest.fixture(scope="session")
+def frame_size() -> tuple[int, int]:
+    """(width, height) in pixels of the synthetic frames and images: (64, 48)."""
+    return W, H
+
+
 def make_hands(sides_per_frame=(("right",),), seed: int = 0, hidden: int | None = None) -> RenderedHands:
     """RenderedHands of one frame per entry of ``sides_per_frame``: random parameters, joints
     0.4-0.5 m in front of a W x H camera and their projections; hand number ``hidden`` of every

@@ -13,7 +13,6 @@ from sesahand.cli import main
 from sesahand.data import DatasetWriter, export_freihand
 from sesahand.hands import PoseSpec
 
-from .conftest import H, W
 
 
 @pytest.fixture
@@ -28,7 +27,7 @@ def mixed_dataset(tmp_path, hands_factory, image_factory):
     return root, hands
 
 
-def test_export_writes_one_right_hand_per_sample(mixed_dataset, tmp_path, capsys):
+def test_export_writes_one_right_hand_per_sample(mixed_dataset, tmp_path, capsys, frame_size):
     root, hands = mixed_dataset
     out = tmp_path / "frei"
     assert main(["dataset", "freihand", str(root), str(out)]) == 0
@@ -41,7 +40,7 @@ def test_export_writes_one_right_hand_per_sample(mixed_dataset, tmp_path, capsys
         assert np.allclose(xyz[n], hands.labels[index][0].joints3d.numpy())
         assert np.allclose(K[n], hands.scenes[index].camera.K.numpy())
         with Image.open(out / "training" / "rgb" / f"{n:08d}.jpg") as picture:
-            assert (picture.format, picture.size) == ("JPEG", (W, H))
+            assert (picture.format, picture.size) == ("JPEG", frame_size)
     assert not (out / "training_mano.json").exists()
     report = export_freihand(root, tmp_path / "frei2")
     assert report.skipped == {"left hand": 1, "more than one hand": 1, "hand not visible": 1}
@@ -49,12 +48,11 @@ def test_export_writes_one_right_hand_per_sample(mixed_dataset, tmp_path, capsys
         export_freihand(root, out)
 
 
-def test_mano_vectors_invert_from_freihand(mixed_dataset, tmp_path):
+def test_mano_vectors_invert_from_freihand(mixed_dataset, tmp_path, mano_pair, frame_size):
     pytest.importorskip("smplx")
     from sesahand.hands import load_hand_model
-    from tests.hands.mano_fixtures import write_mano_pair
 
-    write_mano_pair(tmp_path)
+    mano_pair(tmp_path)
     root, hands = mixed_dataset
     report = export_freihand(root, tmp_path / "frei", mano_path=tmp_path)
     assert report.mano_written and report.written == 2
@@ -63,7 +61,7 @@ def test_mano_vectors_invert_from_freihand(mixed_dataset, tmp_path):
     assert np.array(mano).shape == (2, 1, 61)
     model = load_hand_model("mano", mano_path=tmp_path)
     assert model.hands_mean("right").abs().sum() > 0  # the mean is really subtracted
-    spec = PoseSpec.from_freihand(mano, K, size=W)
+    spec = PoseSpec.from_freihand(mano, K, size=frame_size[0])
     scenes = spec.resolve(model, hands.scenes[0].camera)
     for scene, index in zip(scenes, (0, 4)):
         original = hands.scenes[index].hands[0]

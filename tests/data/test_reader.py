@@ -9,15 +9,14 @@ import torch
 
 from sesahand.data import HandDataset
 
-from .conftest import H, W
 
 
-def test_samples_carry_image_and_label_tensors(small_dataset):
+def test_samples_carry_image_and_label_tensors(small_dataset, frame_size):
     root, hands, images = small_dataset
     dataset = HandDataset(root)
     assert len(dataset) == 3
     pair = dataset[2]
-    assert pair["image"].shape == (3, H, W) and pair["image"].dtype == torch.float32
+    assert pair["image"].shape == (3, frame_size[1], frame_size[0]) and pair["image"].dtype == torch.float32
     assert torch.allclose(pair["image"], torch.from_numpy(images[2]).permute(2, 0, 1) / 255.0)
     assert pair["K"].shape == (3, 3) and torch.equal(pair["K"], hands.scenes[2].camera.K)
     labels = hands.labels[2]
@@ -34,7 +33,7 @@ def test_samples_carry_image_and_label_tensors(small_dataset):
     assert dataset[0]["record"]["prompt"] == "a hand"
 
 
-def test_hidden_hand_box_is_nan_and_transform_applies(tmp_path, hands_factory, image_factory):
+def test_hidden_hand_box_is_nan_and_transform_applies(tmp_path, hands_factory, image_factory, frame_size):
     from sesahand.data import DatasetWriter
 
     hands = hands_factory((("right", "left"),), hidden=1)
@@ -42,7 +41,7 @@ def test_hidden_hand_box_is_nan_and_transform_applies(tmp_path, hands_factory, i
         writer.append(image_factory(), hands.frame_dict(0))
     dataset = HandDataset(tmp_path, transform=lambda s: {**s, "image": s["image"][:, :8]})
     sample = dataset[0]
-    assert sample["image"].shape == (3, 8, W)
+    assert sample["image"].shape == (3, 8, frame_size[0])
     assert not math.isnan(sample["boxes"][0, 0]) and torch.isnan(sample["boxes"][1]).all()
 
 

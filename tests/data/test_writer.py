@@ -25,7 +25,6 @@ from sesahand.data import (
 )
 from sesahand.data import writer as writer_module
 
-from .conftest import H, W
 
 
 def files_of(root: Path) -> list[str]:
@@ -34,7 +33,7 @@ def files_of(root: Path) -> list[str]:
                   for p in (root / sub).iterdir())
 
 
-def test_records_follow_the_schema_and_the_labels(small_dataset):
+def test_records_follow_the_schema_and_the_labels(small_dataset, frame_size):
     root, hands, images = small_dataset
     records = read_labels(root)
     assert [r["index"] for r in records] == [0, 1, 2]
@@ -44,7 +43,7 @@ def test_records_follow_the_schema_and_the_labels(small_dataset):
     for i, record in enumerate(records):
         frame = hands.frame_dict(i)
         assert record["image"] == f"images/{i:08d}.png"
-        assert (record["width"], record["height"]) == (W, H)
+        assert (record["width"], record["height"]) == frame_size
         assert record["K"] == frame["camera"]["K"]
         assert record["hands"] == frame["hands"]
         assert record["sesahand_version"] == sesahand.__version__
@@ -240,7 +239,7 @@ def test_update_records_merges_fields_atomically(small_dataset):
 
 
 @pytest.mark.parametrize("planted", ["images", "conditions", "labels.jsonl", ".lock"])
-def test_links_planted_in_the_dataset_folder_are_refused(tmp_path, hands_factory, image_factory, planted):
+def test_links_planted_in_the_dataset_folder_are_refused(tmp_path, hands_factory, image_factory, planted, frame_size):
     """A symbolic link inside the dataset folder cannot send a write (or a lock's truncation)
     outside it: the writer refuses and the link's target is untouched."""
     root, elsewhere = tmp_path / "ds", tmp_path / "elsewhere"
@@ -253,7 +252,7 @@ def test_links_planted_in_the_dataset_folder_are_refused(tmp_path, hands_factory
     with pytest.raises(ValueError, match="symbolic link"):
         with DatasetWriter(root) as writer:
             writer.append(image_factory(0), hands_factory().frame_dict(0),
-                          conditions={"mask": np.zeros((H, W), np.uint8)})
+                          conditions={"mask": np.zeros((frame_size[1], frame_size[0]), np.uint8)})
     if target == elsewhere:
         assert list(elsewhere.iterdir()) == []
     else:

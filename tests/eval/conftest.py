@@ -1,4 +1,5 @@
-"""Fixtures of the evaluation tests: the real MediaPipe detector and skin-shaded renders.
+"""Fixtures of the evaluation tests: the real MediaPipe detector and skin-shaded renders
+(``task_file``, the detector's model file, is in ``tests/conftest.py``).
 
 The real-detector tests need ``mediapipe>=0.10.30`` and a ``hand_landmarker.task`` named by
 ``$SESAHAND_HAND_LANDMARKER`` (built from the mediapipe 0.10.21 wheel with
@@ -8,7 +9,6 @@ The real-detector tests need ``mediapipe>=0.10.30`` and a ``hand_landmarker.task
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,22 +26,6 @@ VIEWS = (
     ("right", "open_palm", "y", -35), ("left", "spread", "y", 35),
     ("right", "flat_grasp", "x", -30), ("right", "sphere_grasp", "x", 0),
 )
-
-
-@pytest.fixture(scope="session")
-def task_file() -> str:
-    """Path of the hand_landmarker.task; skips when mediapipe or the file is missing."""
-    try:
-        import mediapipe  # noqa: F401
-    except ImportError:
-        pytest.skip("mediapipe is not installed (pip install 'mediapipe>=0.10.30'): real-detector "
-                    "alignment tests skipped")
-    path = os.environ.get("SESAHAND_HAND_LANDMARKER")
-    if not path or not os.path.isfile(path):
-        pytest.skip("SESAHAND_HAND_LANDMARKER does not name a hand_landmarker.task file (build it with "
-                    "`python -m sesahand qa-model --source mediapipe-0.10.21-*.whl --out FILE`): "
-                    "real-detector alignment tests skipped")
-    return path
 
 
 @pytest.fixture(scope="session")

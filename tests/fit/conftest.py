@@ -1,5 +1,6 @@
-"""Fixtures of the fitting tests: the real test photos, the real MediaPipe detector, one fit of
-every photo with the open hand (shared by the tests of a session).
+"""Fixtures of the fitting tests: the real test photos (``photos``, ``expected_sides``,
+``missed_by_detector``), the real MediaPipe detector, one fit of every photo with the open hand
+(shared by the tests of a session). ``task_file`` is in ``tests/conftest.py``.
 
 Needs ``mediapipe>=0.10.30`` and ``$SESAHAND_HAND_LANDMARKER`` (``make test-models``); the
 tests skip, saying which is missing, without them.
@@ -12,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.eval.conftest import task_file  # noqa: F401  (the shared skip-or-path fixture)
 
 PHOTOS = Path(__file__).resolve().parents[1] / "data" / "photos"
 
@@ -39,6 +38,24 @@ MISSED_BY_DETECTOR = {
 }
 
 
+@pytest.fixture(scope="session")
+def photos() -> Path:
+    """The folder of real test photos (``tests/data/photos``, sources in its SOURCES.md)."""
+    return PHOTOS
+
+
+@pytest.fixture(scope="session")
+def expected_sides() -> dict[str, list[str]]:
+    """:data:`EXPECTED_SIDES`: photo name -> the subject's hands, judged by eye."""
+    return EXPECTED_SIDES
+
+
+@pytest.fixture(scope="session")
+def missed_by_detector() -> dict[str, list[str]]:
+    """:data:`MISSED_BY_DETECTOR`: photo name -> hands (judged by eye) MediaPipe does not find."""
+    return MISSED_BY_DETECTOR
+
+
 @dataclass
 class PhotoFit:
     name: str
@@ -48,7 +65,7 @@ class PhotoFit:
 
 
 @pytest.fixture(scope="session")
-def detector(task_file):  # noqa: F811
+def detector(task_file):
     """One MediaPipe detector (up to 4 hands) for the session."""
     from sesahand.eval import HandKeypointDetector
     from sesahand.fit import MAX_HANDS

@@ -11,19 +11,18 @@ import pytest
 from PIL import Image
 
 from sesahand.cli import main
-from tests.fit.conftest import PHOTOS
 
 
 @pytest.fixture()
-def photo_dir(tmp_path):
+def photo_dir(tmp_path, photos):
     folder = tmp_path / "photos"
     folder.mkdir()
     for name in ("two_hands_thumb_down.jpg", "no_hand.jpg", "raised_hand_cut.jpg"):
-        shutil.copy(PHOTOS / name, folder / name)
+        shutil.copy(photos / name, folder / name)
     return folder
 
 
-def test_fit_command_writes_resumes_and_reports(photo_dir, tmp_path, task_file, capsys):
+def test_fit_command_writes_resumes_and_reports(photo_dir, tmp_path, task_file, capsys, photos):
     out = tmp_path / "out"
     (photo_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     assert main(["fit", str(photo_dir), "--out", str(out), "--task", task_file]) == 1  # broken.png failed
@@ -37,7 +36,7 @@ def test_fit_command_writes_resumes_and_reports(photo_dir, tmp_path, task_file, 
         ["photo.png", "pose.json", "labels.json", "mesh.png", "depth.png", "normal.png", "pose.png", "mask.png",
          "overlay.png"])
     labels = json.loads((folder / "labels.json").read_text())
-    w, h = Image.open(PHOTOS / "two_hands_thumb_down.jpg").size
+    w, h = Image.open(photos / "two_hands_thumb_down.jpg").size
     assert (labels["camera"]["width"], labels["camera"]["height"]) == (w, h)
     assert Image.open(folder / "mesh.png").size == (w, h) and Image.open(folder / "overlay.png").size == (w, h)
     assert sorted(hand["side"] for hand in labels["hands"]) == ["left", "right"]
@@ -71,20 +70,18 @@ def test_fit_command_at_a_given_size(photo_dir, tmp_path, task_file):
     assert spec.frames[0][0].width == 256
 
 
-def test_fit_with_mano(tmp_path, task_file):
+def test_fit_with_mano(tmp_path, task_file, mano_pair, photos):
     """The MANO path end to end with synthetic MANO files (a blob, not a hand: only that it runs,
     fits betas, both sides, and that the pose file renders with MANO)."""
     pytest.importorskip("smplx")
-    from tests.hands.mano_fixtures import write_mano_pair
-
     from sesahand.eval import HandKeypointDetector
     from sesahand.fit import fit_hands, load_photo
     from sesahand.fit.output import pose_document, pose_frame, pose_spec, render_fit
     from sesahand.fit import Framing, photo_intrinsics
     from sesahand.hands import load_hand_model
 
-    mano = load_hand_model("mano", mano_path=write_mano_pair(tmp_path / "mano"))
-    photo = load_photo(PHOTOS / "two_hands_thumb_down.jpg")
+    mano = load_hand_model("mano", mano_path=mano_pair(tmp_path / "mano"))
+    photo = load_photo(photos / "two_hands_thumb_down.jpg")
     with HandKeypointDetector(task_file, num_hands=4) as detector:
         fits = fit_hands(photo.pixels, mano, detector)
     assert sorted(f.side for f in fits) == ["left", "right"]

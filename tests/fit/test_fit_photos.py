@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fit.conftest import EXPECTED_SIDES, MISSED_BY_DETECTOR, PHOTOS
 
 
-def test_residual_targets_on_real_photos(photo_fits):
+def test_residual_targets_on_real_photos(photo_fits, expected_sides):
     errors, pcks = [], []
-    for name, expected in EXPECTED_SIDES.items():
+    for name, expected in expected_sides.items():
         fits = photo_fits[name].fits
         assert len(fits) == len(expected), f"{name}: {len(fits)} hands fitted, expected {len(expected)}"
         for f in fits:
@@ -71,27 +70,27 @@ def test_hand_holding_an_object_is_fitted_and_kept(photo_fits):
         assert flexion(fits[0]) > 2 * flexion(photo_fits[name].fits[0]), name
 
 
-def test_hands_holding_an_object_are_reported_not_invented(photo_fits, detector):
+def test_hands_holding_an_object_are_reported_not_invented(photo_fits, detector, missed_by_detector):
     """Hands wrapped around an object (a trumpet): MediaPipe finds none, so the photo is
     reported as having no hand, like the empty photo; nothing is fitted or kept. (A detector
-    that finds them would turn this into a residual test: update MISSED_BY_DETECTOR.)"""
-    for name in MISSED_BY_DETECTOR:
+    that finds them would turn this into a residual test: update MISSED_BY_DETECTOR in conftest.py.)"""
+    for name in missed_by_detector:
         assert detector.detect(photo_fits[name].pixels) == [], name
         assert photo_fits[name].fits == [], name
 
 
-def test_sides_match_the_subjects_hands(photo_fits):
-    for name, expected in EXPECTED_SIDES.items():
+def test_sides_match_the_subjects_hands(photo_fits, expected_sides):
+    for name, expected in expected_sides.items():
         assert sorted(f.side for f in photo_fits[name].fits) == sorted(expected), name
 
 
-def test_mirrored_photo_swaps_the_detected_side(photo_fits, detector):
+def test_mirrored_photo_swaps_the_detected_side(photo_fits, detector, expected_sides):
     """A horizontally mirrored photo shows the other hand: the detector must say so (the
     Tasks API does not assume a selfie-mirrored input)."""
     for name in ("open_palm_left.jpg", "open_palm_right.jpg", "two_hands_thumb_down.jpg"):
         mirrored = np.ascontiguousarray(photo_fits[name].pixels[:, ::-1])
         sides = sorted(d.side for d in detector.detect(mirrored))
-        flipped = sorted({"left": "right", "right": "left"}[s] for s in EXPECTED_SIDES[name])
+        flipped = sorted({"left": "right", "right": "left"}[s] for s in expected_sides[name])
         assert sides == flipped, name
 
 
@@ -243,9 +242,9 @@ def test_synthetic_hand_is_recovered(anny_model):
     assert distance.mean() < 0.01 and distance.max() < 0.03, distance
 
 
-def test_photo_folder_holds_only_small_redistributable_photos():
-    sources = (PHOTOS / "SOURCES.md").read_text()
-    for path in sorted(PHOTOS.glob("*.jpg")):
+def test_photo_folder_holds_only_small_redistributable_photos(photos, expected_sides, missed_by_detector):
+    sources = (photos / "SOURCES.md").read_text()
+    for path in sorted(photos.glob("*.jpg")):
         assert path.stat().st_size <= 200 * 1024, path.name
         assert f"`{path.name}`" in sources, f"{path.name} has no entry in SOURCES.md"
-    assert set(EXPECTED_SIDES) | set(MISSED_BY_DETECTOR) == {p.name for p in PHOTOS.glob("*.jpg")}
+    assert set(expected_sides) | set(missed_by_detector) == {p.name for p in photos.glob("*.jpg")}

@@ -12,7 +12,6 @@ from PIL import Image
 
 from sesahand.fit import MAX_PHOTO_PIXELS, MAX_PHOTO_SIDE, load_photo, photo_intrinsics
 from sesahand.fit.photo import as_rgb8
-from tests.fit.conftest import PHOTOS
 
 
 def _png_header_only(path, width, height):
@@ -39,8 +38,8 @@ def test_tiny_photo_is_refused(tmp_path):
         load_photo(tmp_path / "dot.png")
 
 
-def test_truncated_and_non_image_files(tmp_path):
-    data = (PHOTOS / "open_palm_left.jpg").read_bytes()
+def test_truncated_and_non_image_files(tmp_path, photos):
+    data = (photos / "open_palm_left.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="cut.jpg: the image is corrupt or truncated"):
         load_photo(tmp_path / "cut.jpg")
@@ -51,8 +50,8 @@ def test_truncated_and_non_image_files(tmp_path):
         load_photo(tmp_path / "missing.jpg")
 
 
-def test_colour_modes_become_rgb8(tmp_path):
-    rgb = np.asarray(Image.open(PHOTOS / "open_palm_left.jpg").convert("RGB"))
+def test_colour_modes_become_rgb8(tmp_path, photos):
+    rgb = np.asarray(Image.open(photos / "open_palm_left.jpg").convert("RGB"))
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
     assert load_photo(tmp_path / "cmyk.jpg").pixels.shape == rgb.shape
     grey16 = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)
@@ -67,8 +66,8 @@ def test_colour_modes_become_rgb8(tmp_path):
     assert tuple(loaded[5, 5]) == (10, 20, 30) and tuple(loaded[30, 5]) == (255, 255, 255)
 
 
-def test_exif_rotation_is_applied(tmp_path):
-    upright = Image.open(PHOTOS / "open_palm_left.jpg").convert("RGB")
+def test_exif_rotation_is_applied(tmp_path, photos):
+    upright = Image.open(photos / "open_palm_left.jpg").convert("RGB")
     stored = upright.transpose(Image.Transpose.ROTATE_270)  # what a phone held sideways stores
     exif = Image.Exif()
     exif[0x0112] = 8  # orientation 8: turn 90 degrees counter-clockwise to display

@@ -48,12 +48,11 @@ def test_anny_keypoints_equal_forward(anny_model, side):
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_mano_keypoints_equal_forward(tmp_path, side):
+def test_mano_keypoints_equal_forward(tmp_path, side, mano_pair):
     pytest.importorskip("smplx")
     from sesahand.hands import load_hand_model
-    from tests.hands.mano_fixtures import write_mano_pair
 
-    _check(load_hand_model("mano", mano_path=write_mano_pair(tmp_path)), side, betas=True)
+    _check(load_hand_model("mano", mano_path=mano_pair(tmp_path)), side, betas=True)
 
 
 def test_batched_angles_match_each_preset():

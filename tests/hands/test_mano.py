@@ -1,6 +1,7 @@
 """MANO loading (safe unpickling, file checks) and the smplx-backed ManoHandModel.
 
-All MANO files here are synthetic (tests/hands/mano_fixtures.py); no MANO data is used.
+All MANO files here are synthetic (the ``mano_files`` fixture, tests/plugins/mano.py); no MANO data
+is used.
 """
 
 from __future__ import annotations
@@ -20,19 +21,11 @@ from scipy.spatial.transform import Rotation
 from sesahand.hands.mano import MANO_FINGERTIP_VERTICES, ManoHandModel, find_mano_files
 from sesahand.hands.safe_pickle import UnsafePickleError, load_mano_file, load_mano_pickle
 from sesahand.hands.types import HandParams
-from tests.hands.mano_fixtures import (
-    make_left_data,
-    make_mano_data,
-    write_chumpy_pickle,
-    write_malicious_pickle,
-    write_npz,
-    write_plain_pickle,
-)
 
 
 @pytest.fixture(scope="module")
-def right_data():
-    return make_mano_data(seed=0)
+def right_data(mano_files):
+    return mano_files.make_mano_data(seed=0)
 
 
 def assert_same_arrays(loaded: dict, expected: dict, keys=None):
@@ -48,15 +41,15 @@ def assert_same_arrays(loaded: dict, expected: dict, keys=None):
 
 
 @pytest.mark.parametrize("protocol,legacy", [(2, True), (2, False), (4, False), (5, False)])
-def test_plain_pickle_round_trip(tmp_path, right_data, protocol, legacy):
-    path = write_plain_pickle(tmp_path / "MANO_RIGHT.pkl", right_data, protocol, legacy)
+def test_plain_pickle_round_trip(tmp_path, right_data, protocol, legacy, mano_files):
+    path = mano_files.write_plain_pickle(tmp_path / "MANO_RIGHT.pkl", right_data, protocol, legacy)
     loaded = load_mano_file(path)
     assert_same_arrays(loaded, right_data)
 
 
 @pytest.mark.parametrize("protocol", [0, 1, 2])
-def test_chumpy_style_pickle(tmp_path, right_data, protocol):
-    path = write_chumpy_pickle(tmp_path / "MANO_RIGHT.pkl", right_data, protocol)
+def test_chumpy_style_pickle(tmp_path, right_data, protocol, mano_files):
+    path = mano_files.write_chumpy_pickle(tmp_path / "MANO_RIGHT.pkl", right_data, protocol)
     had_chumpy = "chumpy" in sys.modules
     loaded = load_mano_file(path)
     assert_same_arrays(loaded, right_data)  # shapedirs: the 10 components the Select picks
@@ -65,14 +58,14 @@ def test_chumpy_style_pickle(tmp_path, right_data, protocol):
     assert ("chumpy" in sys.modules) == had_chumpy
 
 
-def test_npz(tmp_path, right_data):
-    loaded = load_mano_file(write_npz(tmp_path / "MANO_RIGHT.npz", right_data))
+def test_npz(tmp_path, right_data, mano_files):
+    loaded = load_mano_file(mano_files.write_npz(tmp_path / "MANO_RIGHT.npz", right_data))
     assert_same_arrays(loaded, {**right_data, "J_regressor": right_data["J_regressor"].toarray()})
 
 
-def test_malicious_pickle_refused_without_running(tmp_path, right_data):
+def test_malicious_pickle_refused_without_running(tmp_path, right_data, mano_files):
     marker = tmp_path / "pwned"
-    path = write_malicious_pickle(tmp_path / "MANO_RIGHT.pkl", right_data, marker)
+    path = mano_files.write_malicious_pickle(tmp_path / "MANO_RIGHT.pkl", right_data, marker)
     with pytest.raises(UnsafePickleError) as info:
         load_mano_pickle(path)
     assert not marker.exists()
@@ -83,10 +76,10 @@ def test_malicious_pickle_refused_without_running(tmp_path, right_data):
     assert not marker.exists()
 
 
-def test_malicious_fixture_is_live(tmp_path, right_data):
+def test_malicious_fixture_is_live(tmp_path, right_data, mano_files):
     """Control: plain pickle really runs the payload, so the refusal above means something."""
     marker = tmp_path / "pwned"
-    path = write_malicious_pickle(tmp_path / "x.pkl", right_data, marker)
+    path = mano_files.write_malicious_pickle(tmp_path / "x.pkl", right_data, marker)
     pickle.loads(path.read_bytes())
     assert marker.exists()
 
@@ -122,8 +115,8 @@ def test_allowed_helpers_reject_other_uses(tmp_path, blob):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "not_dict"])
-def test_corrupt_pickle(tmp_path, right_data, damage):
-    path = write_plain_pickle(tmp_path / "MANO_RIGHT.pkl", right_data)
+def test_corrupt_pickle(tmp_path, right_data, damage, mano_files):
+    path = mano_files.write_plain_pickle(tmp_path / "MANO_RIGHT.pkl", right_data)
     blob = path.read_bytes()
     path.write_bytes({"truncate": blob[: len(blob) // 2], "garbage": bytes(range(256)) * 4,
                       "empty": b"", "not_dict": pickle.dumps([1, 2], protocol=2)}[damage])
@@ -132,8 +125,8 @@ def test_corrupt_pickle(tmp_path, right_data, damage):
     assert str(path) in str(info.value)
 
 
-def test_corrupt_npz(tmp_path, right_data):
-    path = write_npz(tmp_path / "MANO_RIGHT.npz", right_data)
+def test_corrupt_npz(tmp_path, right_data, mano_files):
+    path = mano_files.write_npz(tmp_path / "MANO_RIGHT.npz", right_data)
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ValueError, match="MANO_RIGHT.npz"):
         load_mano_file(path)
@@ -145,9 +138,9 @@ def test_missing_file(tmp_path):
 
 
 @pytest.mark.parametrize("key", ["weights", "hands_components", "f"])
-def test_missing_key(tmp_path, right_data, key):
+def test_missing_key(tmp_path, right_data, key, mano_files):
     data = {k: v for k, v in right_data.items() if k != key}
-    path = write_plain_pickle(tmp_path / "MANO_RIGHT.pkl", data)
+    path = mano_files.write_plain_pickle(tmp_path / "MANO_RIGHT.pkl", data)
     with pytest.raises(ValueError, match=f"missing '{key}'") as info:
         load_mano_file(path)
     assert str(path) in str(info.value)
@@ -160,8 +153,8 @@ def test_missing_key(tmp_path, right_data, key):
     ("f", np.full((1538, 3), 900, dtype=np.int64)),
     ("hands_mean", np.full(45, np.nan)),
 ])
-def test_malformed_key(tmp_path, right_data, key, value):
-    path = write_npz(tmp_path / "MANO_LEFT.npz", {**right_data, key: value})
+def test_malformed_key(tmp_path, right_data, key, value, mano_files):
+    path = mano_files.write_npz(tmp_path / "MANO_LEFT.npz", {**right_data, key: value})
     with pytest.raises(ValueError, match=f"'{key}'"):
         load_mano_file(path)
 
@@ -174,10 +167,10 @@ def smplx():
 
 
 @pytest.fixture(scope="module")
-def mano_dir(tmp_path_factory, right_data):
+def mano_dir(tmp_path_factory, right_data, mano_files):
     folder = tmp_path_factory.mktemp("mano")
-    write_plain_pickle(folder / "MANO_RIGHT.pkl", right_data)
-    write_chumpy_pickle(folder / "MANO_LEFT.pkl", make_left_data(right_data, shapedirs_bug=True))
+    mano_files.write_plain_pickle(folder / "MANO_RIGHT.pkl", right_data)
+    mano_files.write_chumpy_pickle(folder / "MANO_LEFT.pkl", mano_files.make_left_data(right_data, shapedirs_bug=True))
     return folder
 
 
@@ -196,10 +189,10 @@ def rest_joints(data: dict) -> np.ndarray:
     return data["J_regressor"] @ data["v_template"]
 
 
-def test_find_mano_files(tmp_path, right_data):
-    write_npz(tmp_path / "MANO_RIGHT.npz", right_data)
-    write_plain_pickle(tmp_path / "MANO_RIGHT.pkl", right_data)
-    write_npz(tmp_path / "MANO_LEFT.npz", right_data)
+def test_find_mano_files(tmp_path, right_data, mano_files):
+    mano_files.write_npz(tmp_path / "MANO_RIGHT.npz", right_data)
+    mano_files.write_plain_pickle(tmp_path / "MANO_RIGHT.pkl", right_data)
+    mano_files.write_npz(tmp_path / "MANO_LEFT.npz", right_data)
     assert find_mano_files(tmp_path) == {"right": tmp_path / "MANO_RIGHT.pkl",
                                          "left": tmp_path / "MANO_LEFT.npz"}
     with pytest.raises(FileNotFoundError):
@@ -249,9 +242,9 @@ def test_joints_are_mano_joints_and_tip_vertices_in_openpose_order(model, right_
 
 
 @pytest.mark.parametrize("bug", [True, False])
-def test_left_shapedirs_fix_makes_left_the_mirror_of_right(smplx, tmp_path, right_data, bug):
-    write_plain_pickle(tmp_path / "MANO_RIGHT.pkl", right_data)
-    write_plain_pickle(tmp_path / "MANO_LEFT.pkl", make_left_data(right_data, shapedirs_bug=bug))
+def test_left_shapedirs_fix_makes_left_the_mirror_of_right(smplx, tmp_path, right_data, bug, mano_files):
+    mano_files.write_plain_pickle(tmp_path / "MANO_RIGHT.pkl", right_data)
+    mano_files.write_plain_pickle(tmp_path / "MANO_LEFT.pkl", mano_files.make_left_data(right_data, shapedirs_bug=bug))
     m = ManoHandModel(tmp_path)
     betas = torch.linspace(-2.0, 2.0, 10)
     right, left = m.forward([HandParams.create("right", betas=betas),
@@ -261,8 +254,8 @@ def test_left_shapedirs_fix_makes_left_the_mirror_of_right(smplx, tmp_path, righ
     torch.testing.assert_close(left.joints, right.joints * mirror, atol=1e-6, rtol=0)
 
 
-def test_left_only_warns_and_right_side_missing(smplx, tmp_path, right_data, caplog):
-    path = write_plain_pickle(tmp_path / "MANO_LEFT.pkl", make_left_data(right_data))
+def test_left_only_warns_and_right_side_missing(smplx, tmp_path, right_data, caplog, mano_files):
+    path = mano_files.write_plain_pickle(tmp_path / "MANO_LEFT.pkl", mano_files.make_left_data(right_data))
     with caplog.at_level(logging.WARNING, logger="sesahand.hands.mano"):
         m = ManoHandModel({"left": path})
     assert "MANO_RIGHT" in caplog.text
@@ -274,17 +267,17 @@ def test_left_only_warns_and_right_side_missing(smplx, tmp_path, right_data, cap
 
 
 @pytest.mark.parametrize("flip_left_faces", [False, True])
-def test_faces_wind_outward_on_both_sides(smplx, tmp_path, right_data, flip_left_faces):
-    write_plain_pickle(tmp_path / "MANO_RIGHT.pkl", right_data)
-    write_npz(tmp_path / "MANO_LEFT.npz", make_left_data(right_data, flip_faces=flip_left_faces))
+def test_faces_wind_outward_on_both_sides(smplx, tmp_path, right_data, flip_left_faces, mano_files):
+    mano_files.write_plain_pickle(tmp_path / "MANO_RIGHT.pkl", right_data)
+    mano_files.write_npz(tmp_path / "MANO_LEFT.npz", mano_files.make_left_data(right_data, flip_faces=flip_left_faces))
     m = ManoHandModel(tmp_path)
     for side in ("right", "left"):
         mesh = m.forward([HandParams.create(side)])[0]
         assert signed_volume(mesh.vertices, m.faces(side)) > 0, side
 
 
-def test_chumpy_and_plain_files_give_the_same_hand(tmp_path, right_data, model):
-    path = write_chumpy_pickle(tmp_path / "MANO_RIGHT.pkl", right_data)
+def test_chumpy_and_plain_files_give_the_same_hand(tmp_path, right_data, model, mano_files):
+    path = mano_files.write_chumpy_pickle(tmp_path / "MANO_RIGHT.pkl", right_data)
     p = HandParams.create("right", betas=torch.ones(10), hand_pose=torch.full((45,), 0.1))
     torch.testing.assert_close(ManoHandModel(path).forward([p])[0].vertices,
                                model.forward([p])[0].vertices)
@@ -330,10 +323,10 @@ def test_sample_hand_pose_prior(model, right_data):
     np.testing.assert_allclose(zero.numpy(), right_data["hands_mean"], atol=1e-6)
 
 
-def test_sample_hand_pose_without_training_coeffs(smplx, tmp_path, right_data, caplog):
+def test_sample_hand_pose_without_training_coeffs(smplx, tmp_path, right_data, caplog, mano_files):
     data = {k: v for k, v in right_data.items() if k != "hands_coeffs"}
     with caplog.at_level(logging.WARNING, logger="sesahand.hands.mano"):
-        m = ManoHandModel(write_npz(tmp_path / "MANO_RIGHT.npz", data))
+        m = ManoHandModel(mano_files.write_npz(tmp_path / "MANO_RIGHT.npz", data))
     assert "hands_coeffs" in caplog.text
     pose = m.sample_hand_pose(torch.Generator().manual_seed(0), "right", n_components=45)
     coeffs = (pose.double().numpy() - data["hands_mean"]) @ data["hands_components"].T

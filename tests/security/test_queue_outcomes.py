@@ -1,5 +1,5 @@
 """The queue counts a job done only when the server says it succeeded (library tier; the same
-cases against a real ComfyUI are in tests/comfyui/test_security_server.py)."""
+cases against a real ComfyUI are in tests/server/test_security_server.py)."""
 
 from __future__ import annotations
 

@@ -7,37 +7,26 @@ Fixtures:
         text-only model: an extractor LLM whose output is garbage, so the pipeline falls back).
     tiny_captioner: ``Captioner`` loaded from ``tiny_vlm_dir`` on CPU, float32,
         ``max_new_tokens=8``.
-    tiny_models: the module ``tests/semantics/tiny_vlm.py`` itself (builders, tokenizer).
+
+``tiny_vlm`` (the module ``tests/semantics/tiny_vlm.py`` itself: builders, tokenizer) is in
+``tests/conftest.py``: the node tests build their LLM folder with it too.
 """
 
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
 
-HERE = Path(__file__).resolve().parent
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tiny_vlm, tmp_path_factory):
+    return tiny_vlm.build_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm") / "tiny-llava")
 
 
 @pytest.fixture(scope="session")
-def tiny_models():
-    spec = importlib.util.spec_from_file_location("sesahand_tests_tiny_vlm", HERE / "tiny_vlm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def tiny_vlm_dir(tiny_models, tmp_path_factory):
-    return tiny_models.build_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm") / "tiny-llava")
-
-
-@pytest.fixture(scope="session")
-def tiny_llm_dir(tiny_models, tmp_path_factory):
-    return tiny_models.build_tiny_llm(tmp_path_factory.mktemp("tiny_llm") / "tiny-llama")
+def tiny_llm_dir(tiny_vlm, tmp_path_factory):
+    return tiny_vlm.build_tiny_llm(tmp_path_factory.mktemp("tiny_llm") / "tiny-llama")
 
 
 @pytest.fixture(scope="session")

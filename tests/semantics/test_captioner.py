@@ -50,9 +50,9 @@ def test_batched_captions_equal_one_by_one_greedy(tiny_captioner):
     assert tiny_captioner.caption(images) == batched  # greedy: deterministic
 
 
-def test_mixed_image_sizes_are_padded_on_the_left(tiny_models, tmp_path):
+def test_mixed_image_sizes_are_padded_on_the_left(tiny_vlm, tmp_path):
     # Qwen2-VL: the image token count follows the image size, so this batch needs padding
-    captioner = Captioner.load(tiny_models.build_tiny_qwen2_vl(tmp_path / "qwen"), max_new_tokens=6)
+    captioner = Captioner.load(tiny_vlm.build_tiny_qwen2_vl(tmp_path / "qwen"), max_new_tokens=6)
     assert type(captioner.model).__name__ == "Qwen2VLForConditionalGeneration"
     rng = np.random.default_rng(3)
     images = [Image.fromarray(rng.integers(0, 256, (28 * h, 28 * w, 3), dtype=np.uint8))
@@ -76,7 +76,7 @@ def record_generate(monkeypatch, captioner):
     return calls
 
 
-def test_decoding_keeps_only_the_new_tokens(tiny_captioner, tiny_models, monkeypatch):
+def test_decoding_keeps_only_the_new_tokens(tiny_captioner, tiny_vlm, monkeypatch):
     calls = record_generate(monkeypatch, tiny_captioner)
     captions = tiny_captioner.caption(noise_images(4, seed=1), batch_size=4)
     ((prompt_ids, output),) = calls
@@ -86,7 +86,7 @@ def test_decoding_keeps_only_the_new_tokens(tiny_captioner, tiny_models, monkeyp
     assert 0 < new.shape[1] <= 8
     for caption, ids in zip(captions, new):
         assert caption == tokenizer.decode(ids, skip_special_tokens=True).strip()
-        for special in tiny_models.SPECIALS:
+        for special in tiny_vlm.SPECIALS:
             assert special not in caption
 
 

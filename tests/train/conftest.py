@@ -31,6 +31,12 @@ SIZE = 64
 
 
 @pytest.fixture(scope="session")
+def image_size() -> int:
+    """Side in pixels of the toy records' square images and of the tiny SD1.5 models: 64."""
+    return SIZE
+
+
+@pytest.fixture(scope="session")
 def tiny_sd15(tmp_path_factory) -> Path:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

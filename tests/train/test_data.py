@@ -24,7 +24,6 @@ from sesahand.train.data import (
     tokenize_prompt,
 )
 
-from .conftest import SIZE
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,7 @@ def data_config(path, **augment) -> DataConfig:
                       augment=AugmentConfig(**augment))
 
 
-def test_flip_scene_renders_the_mirrored_image(anny_model, toy_records):
+def test_flip_scene_renders_the_mirrored_image(anny_model, toy_records, image_size):
     from sesahand.pipeline import render_scenes
 
     scene = scene_from_labels(json.loads((toy_records / "sample_0.json").read_text()), "sample_0")
@@ -51,7 +50,7 @@ def test_flip_scene_renders_the_mirrored_image(anny_model, toy_records):
     cond_f, rendered_f = render_scenes(anny_model, [flipped])
     # joints land at W - u; the hand's pixels are the mirrored pixels
     uv, uv_f = rendered.labels[0][0].joints2d, rendered_f.labels[0][0].joints2d
-    torch.testing.assert_close(uv_f[:, 0], SIZE - uv[:, 0], atol=1e-3, rtol=0)
+    torch.testing.assert_close(uv_f[:, 0], image_size - uv[:, 0], atol=1e-3, rtol=0)
     torch.testing.assert_close(uv_f[:, 1], uv[:, 1], atol=1e-3, rtol=0)
     mask, mask_f = cond.mask[0].bool(), cond_f.mask[0].bool()
     assert (mask.flip(-1) ^ mask_f).sum() <= 0.03 * mask.sum()
@@ -181,10 +180,10 @@ def test_sesahand_dataset_source(toy_records, tmp_path):
         json.loads((toy_records / "sample_1.json").read_text()), "x").to_dict()
 
 
-def test_size_mismatch_and_missing_image_name_the_record(toy_records, tokenizer, tmp_path):
+def test_size_mismatch_and_missing_image_name_the_record(toy_records, tokenizer, tmp_path, image_size):
     root = tmp_path / "recs"
     shutil.copytree(toy_records, root)
-    Image.open(root / "sample_1.png").crop((0, 0, SIZE, SIZE - 16)).save(root / "sample_1.png")
+    Image.open(root / "sample_1.png").crop((0, 0, image_size, image_size - 16)).save(root / "sample_1.png")
     with pytest.raises(ValueError, match=r"records .*sample_1: image .* is 64x48 but its labels say 64x64"):
         build_dataset(data_config(root), "mesh", tokenizer, 0, tmp_path / "cache", progress=False)
     (root / "sample_1.png").unlink()
@@ -202,12 +201,11 @@ def test_bad_labels_name_the_record(toy_records, tmp_path):
         load_records([SourceConfig(kind="records", path=str(root))], lambda: None)
 
 
-def test_freihand_source_with_mano(toy_records, tokenizer, tmp_path):
+def test_freihand_source_with_mano(toy_records, tokenizer, tmp_path, mano_pair):
     pytest.importorskip("smplx")
     from sesahand.hands import load_hand_model
-    from tests.hands.mano_fixtures import write_mano_pair
 
-    write_mano_pair(tmp_path)
+    mano_pair(tmp_path)
     root = tmp_path / "FreiHAND"
     (root / "training" / "rgb").mkdir(parents=True)
     K = [[[80.0, 0.0, 32.0], [0.0, 80.0, 32.0], [0.0, 0.0, 1.0]]] * 2

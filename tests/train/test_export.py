@@ -1,6 +1,6 @@
 """ControlNet export (sesahand.train.export): original key layout checked against diffusers' own
 converter, exact round trips (our inverse, diffusers from_single_file, build_controlnet), the
-SesaHand header, atomic writes. Loading in ComfyUI is in tests/comfyui/test_train_export.py.
+SesaHand header, atomic writes. Loading in ComfyUI is in tests/nodes/test_train_export.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The trained model (sesahand.train.model): SD1.5 loading, the ControlNet with structural fusion
 (SF), the hand-attention bias (AE) on the UNet, the training loss. Tiny random diffusers models
-(32/64 channels, 32-wide text) keep it fast; ComfyUI parity is in tests/comfyui/test_train_export.py.
+(32/64 channels, 32-wide text) keep it fast; ComfyUI parity is in tests/nodes/test_train_export.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Training prompts as ComfyUI tokenizes them: weight syntax, chunk packing, token weights.
 
-The positions are compared with ComfyUI's own tokenizer in tests/comfyui/test_train_export.py;
+The positions are compared with ComfyUI's own tokenizer in tests/nodes/test_train_export.py;
 here the parsing and packing rules are checked on their own (no ComfyUI needed).
 """
 

@@ -30,13 +30,12 @@ def sem(comfyui):
 
 
 @pytest.fixture(scope="module")
-def llm_folder(comfyui, load_local, tmp_path_factory):
+def llm_folder(comfyui, tiny_vlm, tmp_path_factory):
     """An LLM model folder: tiny-llava/ (VLM), org/tiny-llama/ (LLM), q.gguf, notes.txt."""
     pytest.importorskip("transformers")
-    tiny = load_local("tests/semantics/tiny_vlm.py")
     root = tmp_path_factory.mktemp("LLM")
-    tiny.build_tiny_vlm(root / "tiny-llava")
-    tiny.build_tiny_llm(root / "org" / "tiny-llama")
+    tiny_vlm.build_tiny_vlm(root / "tiny-llava")
+    tiny_vlm.build_tiny_llm(root / "org" / "tiny-llama")
     (root / "q.gguf").write_bytes(b"GGUF")
     (root / "notes.txt").write_text("not a model")
     comfyui.folder_paths.add_model_folder_path("LLM", str(root))

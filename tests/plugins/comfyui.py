@@ -1,18 +1,21 @@
-"""Real-ComfyUI test tier: ComfyUI core at ``$COMFYUI_PATH`` (default ``~/ComfyUI``), on CPU.
+"""Real-ComfyUI fixtures shared by every tier that needs ComfyUI: ``tests/nodes`` (nodes
+in-process), ``tests/server`` (a served pack) and ``tests/browser`` (a real page). Registered
+from ``tests/conftest.py``; ComfyUI core is at ``$COMFYUI_PATH`` (default ``~/ComfyUI``), on CPU.
 
-Every test here takes the ``comfyui`` fixture, which skips (with the reason) when ComfyUI or
-its requirements are missing. The pack is loaded the way ComfyUI loads it: a ``custom_nodes``
-folder holding a link to this repository, passed to ``nodes.load_custom_node``.
+Every real-ComfyUI test takes the ``comfyui`` fixture (directly or through ``server``), which
+skips (with the reason) when ComfyUI or its requirements are missing. The pack is loaded the way
+ComfyUI loads it: a ``custom_nodes`` folder holding a link to this repository, passed to
+``nodes.load_custom_node``.
 
-Tests that need a served pack share ONE headless server for the session (``server``), and
-every test needing SD1.5-format weights shares one set of tiny random files (``tiny_models``,
-built once): each test uses its own output prefix and input file names. Only a test that needs
-a special process starts its own (``test_server.py``'s start-up check, the reliability soak
-measuring its server's memory). Helpers shared by test modules live here, never in a test
-module.
+Tests that need a served pack (``tests/server`` and ``tests/browser``) share ONE headless server
+for the session (``server``), and every test needing SD1.5-format weights shares one set of
+tiny random files (``tiny_models``, built once): each test uses its own output prefix and input
+file names. Only a test that needs a special process starts its own (``test_server.py``'s
+start-up check, the soak test in ``tests/server/soak`` measuring its server's memory).
 
-The open hand's model cache is shared with the library tier (``$SESAHAND_CACHE_DIR``, else
-the user cache folder) so its one-off build is not repeated.
+Heavy imports (ComfyUI, torch, ``tools``) happen inside the fixtures, so that registering this
+module costs the library tiers nothing. The open hand's model cache is shared with the library
+tier (``$SESAHAND_CACHE_DIR``, else the user cache folder) so its one-off build is not repeated.
 """
 
 from __future__ import annotations
@@ -28,9 +31,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tools.comfy_server import link_pack
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]  # tests/plugins/ -> the repository
 COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH", "~/ComfyUI")).expanduser().resolve()
 
 
@@ -42,8 +43,8 @@ def shared_cache_dir() -> Path:
 
 
 def _load_module(relative: str):
-    """A helper module of this repository by path (``tools/tiny_sd15.py``, a test module);
-    tests are imported without packages, so they cannot import each other."""
+    """A module of this repository by path (``tools/tiny_sd15.py``, ``nodes/batch.py``) without
+    importing its package: ``nodes`` is ComfyUI's module name once ComfyUI is loaded."""
     path = REPO / relative
     spec = importlib.util.spec_from_file_location(f"sesahand_local_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
@@ -66,6 +67,8 @@ def comfyui(tmp_path_factory):
     ``mano_dir`` are temporary folders, ``path`` is ComfyUI's folder, ``cache_dir`` the shared
     SesaHand cache, ``link_pack`` (tools/comfy_server.py).
     """
+    from tools.comfy_server import link_pack
+
     if not (COMFYUI_PATH / "main.py").is_file():
         pytest.skip(f"no ComfyUI at {COMFYUI_PATH}: export ComfyUI 0.3.64 there or set COMFYUI_PATH")
     loaded = sys.modules.get("nodes")
@@ -131,7 +134,8 @@ def wait_for_prompt(base: str, prompt_id: str, timeout: float = 180) -> dict:
 
 @pytest.fixture(scope="session", name="wait_for_prompt")
 def wait_for_prompt_fixture():
-    """:func:`wait_for_prompt` for test modules (they do not import each other or conftest)."""
+    """:func:`wait_for_prompt` for test modules (they never import each other, conftests or this
+    plugin)."""
     return wait_for_prompt
 
 
@@ -163,10 +167,25 @@ def tiny_models(comfyui, tmp_path_factory):
                            **folders)
 
 
+#: The SesaHand header of :func:`hand_controlnet`'s file (what sesahand.train writes).
+HAND_CONTROLNET_METADATA = {"sesahand.fusion": "tokens", "sesahand.w": "1.0", "sesahand.alpha": "2.5",
+                            "sesahand.render_style": "mesh"}
+
+
+@pytest.fixture(scope="session")
+def hand_controlnet(tiny_models):
+    """A tiny SesaHand ControlNet, ``hand_cn.safetensors`` in :func:`tiny_models`' ``sesahand``
+    folder (seed 3, header :data:`HAND_CONTROLNET_METADATA`: fusion tokens, w 1, alpha 2.5,
+    render style mesh), for the node tests and the served workflows; returns its path."""
+    return tiny_models.builder.build_controlnet(tiny_models.sesahand / "hand_cn.safetensors", seed=3,
+                                                metadata=HAND_CONTROLNET_METADATA)
+
+
 @pytest.fixture(scope="session")
 def server(comfyui, tiny_models, tmp_path_factory):
-    """The tier's one headless ComfyUI (a subprocess on a free loopback port) for every test that
-    needs a served pack; started once (about 15 s), stopped at the end of the session.
+    """The one headless ComfyUI (a subprocess on a free loopback port) for every test that needs
+    a served pack (``tests/server``, ``tests/browser``); started once (about 15 s), stopped at the
+    end of the session.
 
     Model folders: the shared SesaHand cache and :func:`tiny_models`, plus empty files named
     like every model file the shipped workflows name (validation checks names only). The input

@@ -1,4 +1,7 @@
-"""Synthetic MANO-format files for tests: random but well-formed, no real MANO data.
+"""Synthetic MANO-format files for tests: random but well-formed, no real MANO data. A pytest
+plugin (registered from ``tests/conftest.py``): tests reach it through the fixtures
+:func:`mano_pair` (a factory writing ``MANO_RIGHT.pkl`` + ``MANO_LEFT.pkl``) and
+:func:`mano_files` (every maker and writer below), never by import.
 
 The arrays have MANO's names, shapes and dtypes. The template is an ellipsoid of hand size
 (778 vertices on its surface, 1538 outward counter-clockwise hull triangles); skinning
@@ -32,6 +35,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.sparse
 from scipy.spatial import ConvexHull
 
@@ -232,3 +236,21 @@ def write_malicious_pickle(path: Path, data: dict, marker: Path) -> Path:
     payload["v_template"] = _Exploit(marker)
     Path(path).write_bytes(pickle.dumps(payload, protocol=2))
     return Path(path)
+
+
+@pytest.fixture(scope="session")
+def mano_pair():
+    """``mano_pair(folder, seed=0) -> folder``: :func:`write_mano_pair`, synthetic
+    ``MANO_RIGHT.pkl`` and its mirrored ``MANO_LEFT.pkl`` written into ``folder``."""
+    return write_mano_pair
+
+
+@pytest.fixture(scope="session")
+def mano_files():
+    """The makers and writers of this module: ``make_mano_data``, ``make_left_data``,
+    ``write_plain_pickle``, ``write_chumpy_pickle``, ``write_npz``, ``write_malicious_pickle``,
+    ``write_mano_pair``."""
+    return types.SimpleNamespace(make_mano_data=make_mano_data, make_left_data=make_left_data,
+                                 write_plain_pickle=write_plain_pickle, write_chumpy_pickle=write_chumpy_pickle,
+                                 write_npz=write_npz, write_malicious_pickle=write_malicious_pickle,
+                                 write_mano_pair=write_mano_pair)

@@ -17,9 +17,9 @@ import pytest
 from sesahand.queue import Manifest, run_queue
 from tools.comfy_server import comfy_command, running_server
 
-pytestmark = pytest.mark.comfyui
+pytestmark = [pytest.mark.comfyui, pytest.mark.soak]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MAX_GROWTH_MB = 100
 
 

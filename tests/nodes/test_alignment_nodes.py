@@ -40,15 +40,6 @@ def skin(mesh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return m * shade * SKIN + (1 - m) * BACKGROUND
 
 
-@pytest.fixture
-def task_file():
-    pytest.importorskip("mediapipe", reason="mediapipe not installed: real-detector node test skipped")
-    path = os.environ.get("SESAHAND_HAND_LANDMARKER")
-    if not path or not os.path.isfile(path):
-        pytest.skip("SESAHAND_HAND_LANDMARKER does not name a hand_landmarker.task: node test skipped")
-    return path
-
-
 def test_schema_follows_the_pack_conventions(comfyui):
     info = comfyui.node(NODE_ID).GET_NODE_INFO_V1()
     assert info["category"] == "SesaHand/eval" and info["display_name"] == "SesaHand Alignment Check"

@@ -132,7 +132,7 @@ def test_export_names_match_comfyui_s_diffusers_conversion(cm, trained):
     assert unet_keys and all(core[k] == names[k] for k in unet_keys)
 
 
-#: tests/comfyui/test_control_nodes.py's small SD1.5-shaped cldm ControlNet (4 levels, 2 res
+#: tests/nodes/test_control_nodes.py's small SD1.5-shaped cldm ControlNet (4 levels, 2 res
 #: blocks each, transformers on the first 3, 8 heads) and the same shape in diffusers.
 SD15_SHAPE = {"model_channels": 32, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2] * 4,
               "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1}
@@ -200,7 +200,7 @@ def parity(cm, tmp_path_factory):
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
 @pytest.mark.parametrize("fusion", ["tokens", "gate"])
-def test_comfyui_loading_path_gives_the_training_residuals(cm, load_local, parity, fusion, autocast):
+def test_comfyui_loading_path_gives_the_training_residuals(cm, sd15_model, parity, fusion, autocast):
     """The exported file through ComfyUI's real path (load_controlnet, set_cond_hint, pre_run,
     get_control with a sampler's sigma) == FusedControlNet (training) on the same weights."""
     fused, control = parity[fusion]
@@ -208,7 +208,7 @@ def test_comfyui_loading_path_gives_the_training_residuals(cm, load_local, parit
     g = torch.Generator().manual_seed(3)
     hint, x_noisy = torch.rand(1, 3, 128, 128, generator=g), torch.randn(2, 4, 16, 16, generator=g)
     context, sigma = torch.randn(2, 77, 768, generator=g), torch.full((2,), 5.0)
-    sampled = load_local("tests/comfyui/test_control_nodes.py").sd15_model()
+    sampled = sd15_model()
     running = control.copy().set_cond_hint(hint, 1.0, (0.0, 1.0))
     running.pre_run(sampled, sampled.model_sampling.percent_to_sigma)
     precision = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()

@@ -5,7 +5,6 @@ Chain under test: Hand Model -> Hand Pose -> Render Conditions -> Export Mesh.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -83,19 +82,9 @@ def test_hand_model_asks_for_mano_files(comfyui):
         node.execute(model="mano", mano_file="", side="right")
 
 
-def load_mano_fixtures():
-    """The library tier's synthetic MANO writers (tests/hands/mano_fixtures.py), by path."""
-    path = Path(__file__).resolve().parents[1] / "hands" / "mano_fixtures.py"
-    spec = importlib.util.spec_from_file_location("sesahand_test_mano_fixtures", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_mano_files_in_the_model_folder_are_offered_and_loaded(comfyui, tmp_path):
+def test_mano_files_in_the_model_folder_are_offered_and_loaded(comfyui, tmp_path, mano_pair):
     pytest.importorskip("smplx")
-    fixtures = load_mano_fixtures()
-    fixtures.write_mano_pair(comfyui.mano_dir)
+    mano_pair(comfyui.mano_dir)
 
     node = comfyui.node("SesaHandHandModel")
     options = node.GET_NODE_INFO_V1()["input"]["optional"]["mano_file"][1]["options"]

@@ -157,9 +157,9 @@ def test_editor_node_refuses_paths_and_takes_an_empty_value(comfyui, editor):
     assert node.execute(pose_json="")[0].kind == "json"
 
 
-def test_mano_hands_of_both_sides_are_posed_and_served(comfyui, editor, load_local):
+def test_mano_hands_of_both_sides_are_posed_and_served(comfyui, editor, mano_pair):
     pytest.importorskip("smplx")
-    load_local("tests/hands/mano_fixtures.py").write_mano_pair(comfyui.mano_dir)
+    mano_pair(comfyui.mano_dir)
     state = editor.default_state()
     state["hands"].append(copy.deepcopy(state["hands"][0]) | {"side": "left"})
     out = editor.resolve_request({"model": "mano", "mano_file": "MANO_RIGHT.pkl", "state": state})

@@ -1,5 +1,6 @@
-"""SesaHand ControlNet in a real ComfyUI (CPU): loader, structural-fusion forward, ControlBase
-lifecycle, Apply node, sampling, and a /prompt run through the server.
+"""SesaHand ControlNet in a real ComfyUI (in-process, CPU): loader, structural-fusion forward,
+ControlBase lifecycle, Apply node, sampling. The /prompt run through the server is in
+tests/server/test_control_workflow.py.
 
 Models are tiny random-weight SD1.5-format files built once per session (``tools/tiny_sd15.py``).
 """
@@ -8,34 +9,27 @@ from __future__ import annotations
 
 import copy
 import importlib
-import json
 import logging
-from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 pytestmark = pytest.mark.comfyui
 
 NODE_IDS = ("SesaHandLoadControlNet", "SesaHandApplyHandControl")
-SESAHAND_METADATA = {"sesahand.fusion": "tokens", "sesahand.w": "1.0", "sesahand.alpha": "2.5",
-                     "sesahand.render_style": "mesh"}
 #: A small SD1.5-shaped ControlNet: 4 levels, 2 res blocks each, transformers on the first 3.
 SD15_SHAPE = {"model_channels": 32, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2] * 4,
               "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1}
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_models):
+def tiny(tiny_models, hand_controlnet):
     """The tier's tiny SD1.5 files (checkpoints / controlnet / sesahand folders known to ComfyUI
-    and to the shared server) plus this module's own: a SesaHand ControlNet, one lacking a
-    weight, an SD2.x-shaped one and a Flux-shaped one."""
+    and to the shared server) with the shared SesaHand ControlNet ``hand_cn.safetensors``, plus
+    this module's own: one lacking a weight, an SD2.x-shaped one and a Flux-shaped one."""
     builder, cn = tiny_models.builder, tiny_models.controlnet
-    builder.build_controlnet(tiny_models.sesahand / "hand_cn.safetensors", seed=3, metadata=SESAHAND_METADATA)
     builder.build_controlnet(cn / "missing.safetensors",
                              drop=("input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight",))
     save_file({"control_model." + k: v for k, v in builder.random_weights(
@@ -50,18 +44,6 @@ def tiny(tiny_models):
 def cm(comfyui):
     """The pack's ``nodes.control_model`` module as ComfyUI loaded it."""
     return importlib.import_module(comfyui.pack_module.__name__ + ".nodes.control_model")
-
-
-def sd15_model():
-    """What samplers pass to ``ControlBase.pre_run``: an SD1.5 model config and its sampling."""
-    import comfy.model_base
-    import comfy.supported_models
-
-    config = comfy.supported_models.SD15({"context_dim": 768, "model_channels": 320,
-                                          "use_linear_in_transformer": False, "adm_in_channels": None,
-                                          "use_temporal_attention": False})
-    sampling = comfy.model_base.model_sampling(config, comfy.model_base.ModelType.EPS)
-    return SimpleNamespace(model_config=config, model_sampling=sampling)
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +65,23 @@ def make_controls(cm, cldm):
     return cm.SesaHandControlNet(patcher, None), core
 
 
-def run_control(control, x, hint_size=None, seed=0, batched_number=2):
-    """pre_run + get_control at sigma 5 with random context; returns the merged control dict."""
-    g = torch.Generator().manual_seed(seed)
-    model = sd15_model()
-    control.pre_run(model, model.model_sampling.percent_to_sigma)
-    cond = {"c_crossattn": torch.randn(x.shape[0], 77, 768, generator=g)}
-    try:
-        with torch.no_grad():
-            return control.get_control(x, torch.full((x.shape[0],), 5.0), cond, batched_number, {})
-    finally:
-        control.cleanup()
+@pytest.fixture(scope="module")
+def run_control(sd15_model):
+    """``run_control(control, x, hint_size=None, seed=0, batched_number=2)``: pre_run +
+    get_control at sigma 5 with random context; returns the merged control dict."""
+
+    def run(control, x, hint_size=None, seed=0, batched_number=2):
+        g = torch.Generator().manual_seed(seed)
+        model = sd15_model()
+        control.pre_run(model, model.model_sampling.percent_to_sigma)
+        cond = {"c_crossattn": torch.randn(x.shape[0], 77, 768, generator=g)}
+        try:
+            with torch.no_grad():
+                return control.get_control(x, torch.full((x.shape[0],), 5.0), cond, batched_number, {})
+        finally:
+            control.cleanup()
+
+    return run
 
 
 def with_hint(control, size=(128, 128), strength=1.0, percent=(0.0, 1.0), seed=1):
@@ -165,7 +153,7 @@ def test_loader_refuses_bad_files_naming_the_input(comfyui, tiny, name, message)
     assert f"control_net_name {name!r}" in str(info.value)
 
 
-def test_w0_reproduces_core_residuals_exactly(cm, small_cldm):
+def test_w0_reproduces_core_residuals_exactly(cm, small_cldm, run_control):
     ours, core = make_controls(cm, small_cldm)
     x = latent()
     mine, reference = flat(run_control(with_hint(ours), x)), flat(run_control(with_hint(core), x))
@@ -173,7 +161,7 @@ def test_w0_reproduces_core_residuals_exactly(cm, small_cldm):
     assert all(torch.equal(a, b) for a, b in zip(mine, reference))
 
 
-def test_residuals_have_sd15_count_and_shapes(cm, small_cldm, monkeypatch):
+def test_residuals_have_sd15_count_and_shapes(cm, small_cldm, monkeypatch, run_control):
     recorded = []
 
     class Recording(cm.SelfAttentionMaps):
@@ -195,7 +183,7 @@ def test_residuals_have_sd15_count_and_shapes(cm, small_cldm, monkeypatch):
 
 
 @pytest.mark.parametrize("fusion", ["tokens", "gate"])
-def test_fusion_refines_the_right_residuals_linearly_in_w(cm, small_cldm, fusion):
+def test_fusion_refines_the_right_residuals_linearly_in_w(cm, small_cldm, fusion, run_control):
     ours, _ = make_controls(cm, small_cldm)
     x = latent()
     plain = flat(run_control(with_hint(ours), x))
@@ -211,7 +199,7 @@ def test_fusion_refines_the_right_residuals_linearly_in_w(cm, small_cldm, fusion
         torch.testing.assert_close(half, (zero + one) / 2, rtol=1e-4, atol=1e-5)
 
 
-def test_apply_node_sets_the_chunk_and_keeps_the_file_s_hierarchy(comfyui, cm, small_cldm):
+def test_apply_node_sets_the_chunk_and_keeps_the_file_s_hierarchy(comfyui, cm, small_cldm, run_control):
     ours, _ = make_controls(cm, small_cldm)
     ours.fusion = cm.FusionSettings("tokens", 1.0, "sum")
     apply = comfyui.node("SesaHandApplyHandControl")
@@ -231,7 +219,7 @@ def test_apply_node_sets_the_chunk_and_keeps_the_file_s_hierarchy(comfyui, cm, s
         apply.execute(**inputs, attention_chunk=-1)
 
 
-def test_lifecycle_copy_models_memory_cleanup(cm, small_cldm):
+def test_lifecycle_copy_models_memory_cleanup(cm, small_cldm, run_control):
     ours, core = make_controls(cm, small_cldm)
     ours.fusion = cm.FusionSettings("gate", 1.0)
     c = with_hint(ours).set_previous_controlnet(with_hint(core))
@@ -246,7 +234,7 @@ def test_lifecycle_copy_models_memory_cleanup(cm, small_cldm):
     assert c.previous_controlnet.cond_hint is None
 
 
-def test_stacks_with_core_apply_controlnet_both_ways(comfyui, cm, small_cldm):
+def test_stacks_with_core_apply_controlnet_both_ways(comfyui, cm, small_cldm, run_control):
     import nodes as comfy_nodes
 
     ours, core = make_controls(cm, small_cldm)
@@ -277,7 +265,7 @@ def test_stacks_with_core_apply_controlnet_both_ways(comfyui, cm, small_cldm):
             torch.testing.assert_close(a, b + c, rtol=1e-5, atol=1e-6)
 
 
-def test_mask_timestep_range_and_resized_hint(cm, small_cldm, caplog):
+def test_mask_timestep_range_and_resized_hint(cm, small_cldm, caplog, run_control):
     ours, _ = make_controls(cm, small_cldm)
     x = latent()
     full = flat(run_control(with_hint(ours), x))
@@ -297,7 +285,7 @@ def test_mask_timestep_range_and_resized_hint(cm, small_cldm, caplog):
     assert [r.shape for r in wide] == [r.shape for r in full]
 
 
-def test_refuses_sdxl_models_and_prompts_naming_the_input(comfyui, cm, small_cldm):
+def test_refuses_sdxl_models_and_prompts_naming_the_input(comfyui, cm, small_cldm, sd15_model):
     import comfy.supported_models
 
     ours, core = make_controls(cm, small_cldm)
@@ -343,78 +331,3 @@ def test_sampling_with_the_control_leaves_the_model_alone(comfyui, tiny):
     assert torch.isfinite(with_control).all() and not torch.allclose(with_control, without)
     assert model.model_options == options and model.patches == patches
     assert all(torch.equal(v, weights[k]) for k, v in model.model.diffusion_model.state_dict().items())
-
-
-# --- the real server: Load Checkpoint -> SesaHand nodes -> KSampler -> VAE Decode -> Save Image
-
-def write_condition_png(folder: Path) -> str:
-    image = np.zeros((64, 64, 3), np.uint8)
-    yy, xx = np.mgrid[:64, :64]
-    image[(yy - 30) ** 2 + (xx - 35) ** 2 < 15 ** 2] = (255, 200, 150)  # a bright disc
-    image[20:50, 10:15] = (80, 160, 255)
-    Image.fromarray(image).save(folder / "condition.png")
-    return "condition.png"
-
-
-def workflow(seed: int, strength: float, fusion: str, prefix: str, hand_attention: bool = False) -> dict:
-    """With ``hand_attention`` the KSampler is the SesaHand Hand-Attention Sampler (alpha 2,
-    all layers: the tiny UNet has no cross-attention in its decoder)."""
-    graph = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a person waving a hand"}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "blurry"}},
-        "4": {"class_type": "LoadImage", "inputs": {"image": "condition.png"}},
-        "5": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "plain.safetensors"}},
-        "6": {"class_type": "ControlNetApplyAdvanced",
-              "inputs": {"positive": ["2", 0], "negative": ["3", 0], "control_net": ["5", 0], "image": ["4", 0],
-                         "strength": 0.5, "start_percent": 0.0, "end_percent": 1.0}},
-        "7": {"class_type": "SesaHandLoadControlNet", "inputs": {"control_net_name": "hand_cn.safetensors"}},
-        "8": {"class_type": "SesaHandApplyHandControl",
-              "inputs": {"positive": ["6", 0], "negative": ["6", 1], "control_net": ["7", 0], "image": ["4", 0],
-                         "strength": strength, "start_percent": 0.0, "end_percent": 1.0, "fusion": fusion,
-                         "fusion_weight": 1.0}},
-        "9": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "10": {"class_type": "KSampler",
-               "inputs": {"model": ["1", 0], "positive": ["8", 0], "negative": ["8", 1], "latent_image": ["9", 0],
-                          "seed": seed, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
-                          "denoise": 1.0}},
-        "11": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["1", 2]}},
-        "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": prefix}},
-    }
-    if hand_attention:
-        graph["10"] = {"class_type": "SesaHandHandAttentionSampler",
-                       "inputs": {**graph["10"]["inputs"], "clip": ["1", 1], "prompt": "a person waving a hand",
-                                  "hand_terms": "", "alpha": 2.0, "layers": "all", "start_percent": 0.0,
-                                  "end_percent": 1.0}}
-    return graph
-
-
-def test_server_runs_a_workflow_where_the_control_changes_the_image(tiny, server):
-    # The shared server runs with --use-pytorch-cross-attention; its log is read from here on.
-    write_condition_png(server.input)
-    log_start = server.log.stat().st_size
-    base = server.url
-
-    def run(strength, fusion, prefix, hand_attention=False):
-        prompt = workflow(11, strength, fusion, prefix, hand_attention)
-        status, body = server.request(base + "/prompt", {"prompt": prompt})
-        assert status == 200, body
-        entry = server.wait_for_prompt(base, body["prompt_id"], timeout=120)
-        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-4000:]
-        saved = entry["outputs"]["12"]["images"][0]
-        path = server.output / saved["subfolder"] / saved["filename"]
-        return np.asarray(Image.open(path), dtype=np.float32) / 255
-
-    sf = run(1.0, "from file", "sf")
-    no_sesahand = run(0.0, "from file", "none")
-    sf_off = run(1.0, "off", "off")
-    sf_ae = run(1.0, "from file", "sf_ae", hand_attention=True)  # both SesaHand components
-    with open(server.log, "rb") as log:
-        log.seek(log_start)
-        server_log = log.read().decode(errors="replace")
-    assert "could not be applied" not in server_log  # a mis-sized control only logs this
-    for image in (sf, no_sesahand, sf_off, sf_ae):
-        assert image.shape == (64, 64, 3) and image.std() > 0.02  # not a constant (NaN) image
-    assert np.abs(sf_ae - sf).mean() > 0.002  # the hand-attention bias changed the image too
-    assert np.abs(sf - no_sesahand).mean() > 0.01  # the SesaHand control changed the image
-    assert np.abs(sf - sf_off).mean() > 0.002  # and so did its structural fusion
