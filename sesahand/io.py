@@ -72,4 +72,4 @@ def to_float(pixels: np.ndarray):
     same shape, on the CPU: e.g. (B, H, W, 3) uint8 -> a ComfyUI IMAGE batch."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8)).to(torch.float32) / 255.0
+    return torch.from_numpy(np.asarray(pixels, dtype=np.uint8).astype(np.float32)) / 255.0  # writable copy
