@@ -169,6 +169,23 @@ def _axis_terms(axes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 _CROSS, _CROSS2 = _axis_terms(_AXES)
 
 
+def _joint_factors() -> tuple[torch.Tensor, torch.Tensor]:
+    """Per MANO joint (15), the angles whose rotations make it, outer @ inner (index 20 is the
+    identity): long-finger MCP = spread @ mcp, thumb CMC = cross @ abduct, the others alone."""
+    outer, inner = [20] * 15, [20] * 15
+    for k, name in enumerate(FINGERS):
+        s = MANO_FINGER_SLOTS[name]
+        outer[s], inner[s] = 4 * k + 3, 4 * k
+        outer[s + 1], outer[s + 2] = 4 * k + 1, 4 * k + 2
+    s = MANO_FINGER_SLOTS["thumb"]
+    outer[s], inner[s] = 17, 16
+    outer[s + 1], outer[s + 2] = 18, 19
+    return torch.tensor(outer), torch.tensor(inner)
+
+
+_OUTER, _INNER = _joint_factors()
+
+
 def angles_to_rotmats(angles: torch.Tensor) -> torch.Tensor:
     """Anatomical angles -> the 15 MANO joint rotations as matrices, batched and differentiable.
 
@@ -184,17 +201,8 @@ def angles_to_rotmats(angles: torch.Tensor) -> torch.Tensor:
     theta = torch.deg2rad(angles)[..., None, None]  # rotations about fixed axes: Rodrigues
     R = torch.eye(3, dtype=angles.dtype) + torch.sin(theta) * _CROSS.to(angles) \
         + (1.0 - torch.cos(theta)) * _CROSS2.to(angles)  # (..., 20, 3, 3)
-    mats = [None] * 15
-    for k, name in enumerate(FINGERS):
-        s = MANO_FINGER_SLOTS[name]
-        mats[s] = R[..., 4 * k + 3, :, :] @ R[..., 4 * k, :, :]
-        mats[s + 1] = R[..., 4 * k + 1, :, :]
-        mats[s + 2] = R[..., 4 * k + 2, :, :]
-    s = MANO_FINGER_SLOTS["thumb"]
-    mats[s] = R[..., 17, :, :] @ R[..., 16, :, :]
-    mats[s + 1] = R[..., 18, :, :]
-    mats[s + 2] = R[..., 19, :, :]
-    return torch.stack(mats, dim=-3)
+    R = torch.cat([R, torch.eye(3, dtype=R.dtype).expand(*R.shape[:-3], 1, 3, 3)], dim=-3)  # 20: identity
+    return R[..., _OUTER, :, :] @ R[..., _INNER, :, :]  # one gather per factor: few autograd nodes
 
 
 def angles_to_hand_pose(angles: torch.Tensor) -> torch.Tensor:

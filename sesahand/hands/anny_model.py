@@ -231,6 +231,9 @@ class AnnyHandModel(HandModel):
         self._tip_rest = rest["rest_vertices"][0, self._tips].detach()
         self._tip_weights = self._model.vertex_bone_weights[self._tips].to(self._dtype)
         self._tip_bones = self._model.vertex_bone_indices[self._tips].to(torch.int64)
+        # OpenPose order as rows of [bone heads; the 5 fingertips] (keypoints()).
+        tips = iter(range(len(labels), len(labels) + 5))
+        self._openpose_rows = torch.tensor([self._bone_index[b] if b else next(tips) for b in OPENPOSE_FROM_ANNY])
         self._faces = self._model.faces.to(torch.int64).cpu()
         self._faces_left = self._faces[:, [0, 2, 1]].contiguous()
 
@@ -318,10 +321,8 @@ class AnnyHandModel(HandModel):
         T = transforms[:, self._tip_bones]  # (N, 5, k, 4, 4)
         posed = (T[..., :3, :3] @ self._tip_rest[None, :, None, :, None])[..., 0] + T[..., :3, 3]
         tips = (posed * self._tip_weights[None, :, :, None]).sum(2)  # (N, 5, 3)
-        keypoints, tip = [], iter(range(5))
-        for bone in OPENPOSE_FROM_ANNY:
-            keypoints.append(heads[:, self._bone_index[bone]] if bone else tips[:, next(tip)])
-        joints = self._to_camera(torch.stack(keypoints, dim=1), go, tr).float()
+        keypoints = torch.cat([heads, tips], dim=1)[:, self._openpose_rows]  # (N, 21, 3)
+        joints = self._to_camera(keypoints, go, tr).float()
         return joints @ MIRROR.T if side == "left" else joints
 
     def _deltas(self, rot: torch.Tensor) -> torch.Tensor:
