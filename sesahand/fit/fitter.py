@@ -262,24 +262,36 @@ class _Problem:
 
         return roma.rotmat_to_rotvec(self.rotmats(raw)).flatten(-2)
 
-    def joints(self, rot, raw, wrist, log_depth, betas):
+    def rest_oriented(self, raw, betas) -> torch.Tensor:
+        """The articulated joints (N, 21, 3) with zero ``global_orient`` and ``transl``."""
+        zeros = raw.new_zeros(self.n, 3)
+        return self.model.keypoints(self.side, zeros, self.rotmats(raw), betas, zeros).double()
+
+    def joints(self, rot, raw, wrist, log_depth, betas, rest: torch.Tensor | None = None):
         """Camera-frame joints (N, 21, 3) and the transl that places them. ``wrist`` (N, 2) is
-        the wrist's offset from the detected wrist in hand sizes (well scaled for L-BFGS)."""
+        the wrist's offset from the detected wrist in hand sizes (well scaled for L-BFGS).
+
+        ``global_orient`` turns the hand about its wrist joint (MANO's convention, which both
+        hand models follow), so it is applied here to :meth:`rest_oriented`'s joints; ``rest``
+        passes those when the articulation is held fixed (the rigid stage)."""
+        import roma
+
+        rest = self.rest_oriented(raw, betas) if rest is None else rest
         wrist_px = self.det2d[:, 0] + wrist * self.sizes[:, None]
-        zeros = rot.new_zeros(self.n, 3)
-        rel = self.model.keypoints(self.side, rot, self.rotmats(raw), betas, zeros).double()
         depth = torch.exp(log_depth)[:, None]
         ray = torch.cat([wrist_px, wrist_px.new_ones(self.n, 1)], dim=1) @ self.K_inv.T
-        transl = ray * depth - rel[:, 0]
-        return rel + transl[:, None], transl
+        wrist_cam = ray * depth
+        turned = (rest - rest[:, :1]) @ roma.rotvec_to_rotmat(rot).transpose(1, 2)
+        return turned + wrist_cam[:, None], wrist_cam - rest[:, 0]
 
     def project(self, joints: torch.Tensor) -> torch.Tensor:
         uvw = joints @ self.K.T
         return uvw[..., :2] / uvw[..., 2:3].clamp_min(1e-6)
 
-    def energy(self, rot, raw, wrist, log_depth, betas, w_3d: float) -> torch.Tensor:
+    def energy(self, rot, raw, wrist, log_depth, betas, w_3d: float,
+               rest: torch.Tensor | None = None) -> torch.Tensor:
         o = self.options
-        joints, _ = self.joints(rot, raw, wrist, log_depth, betas)
+        joints, _ = self.joints(rot, raw, wrist, log_depth, betas, rest)
         e2d = (((self.project(joints) - self.det2d) / self.sizes[:, None, None]) ** 2).sum(-1).mean(-1)
         bones = joints[:, self.children] - joints[:, self.parents]
         dirs = bones / bones.norm(dim=-1, keepdim=True).clamp_min(1e-9)
@@ -377,11 +389,13 @@ def _fit_side(model: HandModel, side: str, dets: list[DetectedHand], K: torch.Te
     fit_betas = problem.mano
     betas = betas.clone().requires_grad_(fit_betas)
 
-    def energy(w_3d: float):
-        return lambda: problem.energy(rot, raw, wrist, log_depth, betas, w_3d)
+    def energy(w_3d: float, rest: torch.Tensor | None = None):
+        return lambda: problem.energy(rot, raw, wrist, log_depth, betas, w_3d, rest)
 
     everything = [rot, raw, wrist, log_depth] + ([betas] if fit_betas else [])
-    _lbfgs([rot, wrist, log_depth], energy(options.w_3d_start), options.rigid_iterations)
+    with torch.no_grad():  # the rigid stage keeps the articulation: pose the hand once
+        rest = problem.rest_oriented(raw, betas)
+    _lbfgs([rot, wrist, log_depth], energy(options.w_3d_start, rest), options.rigid_iterations)
     _lbfgs(everything, energy(options.w_3d_start), options.full_iterations)
     _lbfgs(everything, energy(options.w_3d), options.refine_iterations)
 
