@@ -9,6 +9,14 @@ import pytest
 
 
 @pytest.fixture(scope="session")
+def sd15_shape() -> dict:
+    """A small SD1.5-layout ControlNet (cldm keyword arguments): SD1.5's levels, blocks and
+    transformer placement at 32 channels, for ``tools/tiny_sd15.py``'s ``controlnet_module``."""
+    return {"model_channels": 32, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2] * 4,
+            "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1}
+
+
+@pytest.fixture(scope="session")
 def sd15_model(comfyui):
     """``sd15_model()``: a new stand-in for what samplers pass to ``ControlBase.pre_run``, an
     SD1.5 model config and its sampling (``model_config``, ``model_sampling``)."""

@@ -20,10 +20,6 @@ pytestmark = pytest.mark.comfyui
 
 NODE_IDS = ("SesaHandLoadControlNet", "SesaHandApplyHandControl")
 #: A small SD1.5-shaped ControlNet: 4 levels, 2 res blocks each, transformers on the first 3.
-SD15_SHAPE = {"model_channels": 32, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2] * 4,
-              "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1}
-
-
 @pytest.fixture(scope="module")
 def tiny(tiny_models, hand_controlnet):
     """The tier's tiny SD1.5 files (checkpoints / controlnet / sesahand folders known to ComfyUI
@@ -47,9 +43,9 @@ def cm(comfyui):
 
 
 @pytest.fixture(scope="module")
-def small_cldm(tiny):
+def small_cldm(tiny, sd15_shape):
     """The small SD1.5-shaped cldm ControlNet (float32, CPU) with random weights."""
-    cldm = tiny.builder.controlnet_module(device="cpu", **SD15_SHAPE)
+    cldm = tiny.builder.controlnet_module(device="cpu", **sd15_shape)
     cldm.load_state_dict(tiny.builder.random_weights(cldm.state_dict(), "", 5))
     return cldm.eval()
 

@@ -134,14 +134,12 @@ def test_export_names_match_comfyui_s_diffusers_conversion(cm, trained):
 
 #: tests/nodes/test_control_nodes.py's small SD1.5-shaped cldm ControlNet (4 levels, 2 res
 #: blocks each, transformers on the first 3, 8 heads) and the same shape in diffusers.
-SD15_SHAPE = {"model_channels": 32, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2] * 4,
-              "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1}
 DIFFUSERS_SHAPE = {"block_out_channels": (32, 64, 128, 128), "cross_attention_dim": 768,
                    "attention_head_dim": 8, "norm_num_groups": 32}
 
 
 @pytest.mark.parametrize("fusion", ["tokens", "gate"])
-def test_training_sf_forward_equals_the_comfyui_walker(cm, load_local, tmp_path, fusion):
+def test_training_sf_forward_equals_the_comfyui_walker(cm, load_local, tmp_path, fusion, sd15_shape):
     """FusedControlNet residuals (training) == nodes/control_model.sf_forward (inference) on the
     cldm module holding the exported weights (loaded strictly: the layout is complete)."""
     from diffusers import ControlNetModel
@@ -153,7 +151,7 @@ def test_training_sf_forward_equals_the_comfyui_walker(cm, load_local, tmp_path,
     controlnet = ControlNetModel(**DIFFUSERS_SHAPE)
     randomise(controlnet, 11)
     path = export.export_controlnet(controlnet, tmp_path / "small.safetensors", {**METADATA, "fusion": fusion})
-    cldm = load_local("tools/tiny_sd15.py").controlnet_module(device="cpu", **SD15_SHAPE)
+    cldm = load_local("tools/tiny_sd15.py").controlnet_module(device="cpu", **sd15_shape)
     cldm.load_state_dict({k.removeprefix("control_model."): v for k, v in load_file(str(path)).items()})
     settings = FusionSettings(fusion, 1.0)
     g = torch.Generator().manual_seed(3)
