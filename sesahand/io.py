@@ -1,5 +1,5 @@
 """Atomic file writes (a file appears whole or not at all: temporary file, then rename), and the
-image pixel conversion float 0..1 <-> uint8 0..255."""
+image pixel conversions: float 0..1 <-> uint8 0..255, and any PIL image mode -> 8-bit RGB."""
 
 from __future__ import annotations
 
@@ -73,3 +73,42 @@ def to_float(pixels: np.ndarray):
     import torch
 
     return torch.from_numpy(np.asarray(pixels, dtype=np.uint8).astype(np.float32)) / 255.0  # writable copy
+
+
+#: PIL modes with an alpha channel (also ``P`` with a ``transparency`` entry).
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def pil_to_rgb(image):
+    """An 8-bit RGB copy of a PIL image of any mode: the one rule for photos and captions.
+
+    * Alpha (RGBA, LA, PA, premultiplied, P with ``transparency``): composited over white.
+    * 16-bit integers (``I;16`` and its byte orders): 0..65535 -> 0..255, always (a dark 16-bit
+      image stays dark).
+    * 32-bit integers (``I``) and floats (``F``): floats at most 1 are read as 0..1; otherwise
+      values at most 255 as 0..255, at most 65535 as 0..65535, larger ones scaled by their
+      maximum. Grey results are repeated into R, G and B.
+    * Anything else (L, P, 1, CMYK, YCbCr, ...): PIL's own conversion.
+
+    Returns a new ``PIL.Image.Image`` in mode ``RGB``, same size.
+    """
+    from PIL import Image
+
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy()
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        peak = float(values.max()) if values.size else 0.0
+        if mode.startswith("I;16"):
+            top = 65535.0
+        elif mode == "F" and peak <= 1.0:
+            top = 1.0
+        else:
+            top = 255.0 if peak <= 255.0 else 65535.0 if peak <= 65535.0 else peak
+        grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return image.convert("RGB")

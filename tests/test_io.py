@@ -57,3 +57,29 @@ def test_to_uint8_keeps_uint8_and_to_float_inverts_it():
     assert floats.dtype == torch.float32 and floats.shape == (16, 16)
     assert float(floats.min()) == 0.0 and float(floats.max()) == 1.0
     assert np.array_equal(to_uint8(floats), pixels)
+
+
+def test_one_rule_turns_any_pil_mode_into_rgb_for_photos_and_captions(tmp_path):
+    """16-bit stays in its range (a dark 16-bit image stays dark), floats at most 1 are 0..1,
+    wide 32-bit integers scale by their maximum, alpha goes over white; the captioner and the
+    photo loader give the same pixels."""
+    from PIL import Image
+
+    from sesahand.fit.photo import load_photo
+    from sesahand.io import pil_to_rgb
+    from sesahand.semantics.captioner import to_rgb
+
+    def grey(image):
+        return np.asarray(pil_to_rgb(image))[0, :, 0].tolist()
+
+    assert grey(Image.fromarray(np.array([[0, 200, 65535]], dtype=np.uint16))) == [0, 1, 255]
+    assert grey(Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32))) == [0, 128, 255]
+    assert grey(Image.fromarray(np.array([[0.0, 128.0, 255.0]], dtype=np.float32))) == [0, 128, 255]
+    assert grey(Image.fromarray(np.array([[0, 100000, 200000]], dtype=np.int32))) == [0, 128, 255]
+    rgba = Image.new("RGBA", (2, 1), (10, 20, 30, 0))
+    assert np.asarray(pil_to_rgb(rgba))[0, 0].tolist() == [255, 255, 255]
+    dark = Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) // 16))  # max 255
+    dark.save(tmp_path / "dark16.png")
+    photo = load_photo(tmp_path / "dark16.png").pixels
+    caption = np.asarray(to_rgb(Image.open(tmp_path / "dark16.png")))
+    assert np.array_equal(photo, caption) and photo.max() <= 1

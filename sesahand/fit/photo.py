@@ -28,7 +28,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..io import to_uint8
+from ..io import pil_to_rgb, to_uint8
 from ..limits import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MAX_PHOTO_FILE_BYTES, check_fov, check_image_size
 
 #: Longest accepted photo side in pixels (the pack's image limit).
@@ -78,24 +78,6 @@ def check_photo_size(width: int, height: int, name: str = "image") -> None:
     check_image_size(int(width), int(height), f"{name} ({width}x{height} photo)", multiple=1)
 
 
-def _to_rgb8(image: Image.Image) -> np.ndarray:
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        data = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or data.max() > 255 else 255.0
-        if mode in ("I", "F") and data.max() > 65535:
-            top = float(data.max())
-        grey = np.clip(np.round(data / top * 255.0), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or image.mode == "RGBA":
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
-    return np.asarray(image.convert("RGB"))
-
-
 def load_photo(source: str | Path | BinaryIO, name: str | None = None) -> Photo:
     """Read a photo file into an upright RGB :class:`Photo` (see the module docstring).
 
@@ -128,7 +110,7 @@ def load_photo(source: str | Path | BinaryIO, name: str | None = None) -> Photo:
             except (AttributeError, KeyError, TypeError, ValueError):
                 focal = None
             upright = ImageOps.exif_transpose(image)
-            pixels = _to_rgb8(upright)
+            pixels = np.asarray(pil_to_rgb(upright))
     except Image.DecompressionBombError as exc:  # Pillow refuses first beyond 2x its own limit
         raise ValueError(f"{label}: larger than {MAX_PHOTO_PIXELS} pixels, the limit for photos "
                          f"({exc}); downscale it first") from None

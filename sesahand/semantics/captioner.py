@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..io import pil_to_rgb
+
 logger = logging.getLogger(__name__)
 
 #: The captioning instruction (OPEN in the paper; this project's choice): people first, and
@@ -54,9 +56,8 @@ ImageInput = Union[Image.Image, str, os.PathLike]
 def to_rgb(image: Image.Image) -> Image.Image:
     """An 8-bit RGB copy of ``image``, any mode and size.
 
-    Transparent images (RGBA, LA, P with transparency) are composited over white; 16-bit and
-    32-bit integer images (I;16, I) are scaled from 0..65535 when they exceed 255; float images
-    (F) are read as 0..1 when their maximum is at most 1, else as 0..255.
+    The mode rules are :func:`sesahand.io.pil_to_rgb`'s (alpha over white; 16-bit from
+    0..65535; 32-bit integers and floats by their range), the same as for fitted photos.
 
     Raises:
         ValueError: ``image`` is not a PIL image, or has zero width or height.
@@ -65,23 +66,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         raise ValueError(f"image: expected a PIL image, got {type(image).__name__}")
     if image.width == 0 or image.height == 0:
         raise ValueError(f"image: size {image.width}x{image.height} has no pixels")
-    if image.mode == "RGB":
-        return image.copy()
-    if image.mode in ("RGBA", "LA", "RGBa", "La", "PA") or (
-            image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode.startswith("I") or image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        peak = float(values.max()) if values.size else 0.0
-        if image.mode == "F" and peak <= 1.0:
-            values = values * 255.0
-        elif peak > 255.0:
-            values = values * (255.0 / 65535.0)
-        grey = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-        return grey.convert("RGB")
-    return image.convert("RGB")
+    return pil_to_rgb(image)
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
