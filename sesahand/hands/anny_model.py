@@ -59,6 +59,7 @@ def _rotvec_to_rotmat(rotvec: torch.Tensor) -> torch.Tensor:
 
     return roma.rotvec_to_rotmat(rotvec)
 
+
 #: Anny bone for each MANO joint, in ``hand_pose`` order (see ``types.MANO_JOINT_NAMES``).
 MANO_TO_ANNY_BONES = (
     "finger2-1.R", "finger2-2.R", "finger2-3.R",  # index

@@ -45,6 +45,7 @@ step).
 from __future__ import annotations
 
 import colorsys
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -143,18 +144,19 @@ def shade(position: torch.Tensor, normal: torch.Tensor, color: torch.Tensor):
     return color * (AMBIENT + (1.0 - AMBIENT) * lambert), 0.5 - 0.5 * n
 
 
-def fill_depth_image(depth_image: np.ndarray, depth: np.ndarray, selected: np.ndarray,
+def fill_depth_image(depth_image: np.ndarray, depth: np.ndarray, selected: Sequence[np.ndarray],
                      rect: tuple[int, int, int, int]) -> None:
     """HandRefiner-style depth of one object (a hand, or a hand with its arm) in place.
 
-    Sets ``depth_image`` (H, W) float32 on the ``selected`` (H, W) bool pixels inside ``rect``
-    (``x0, y0, x1, y1``, max exclusive) to ``1 - 0.8 (z - z_min) / (z_max - z_min)`` over those
-    pixels, ``z`` the rendered camera depth (H, W) in metres (1.0 for all of them when seen at
-    a single depth). Nothing happens when no pixel is selected.
+    Sets ``depth_image`` (H, W) float32 on the pixels inside ``rect`` (``x0, y0, x1, y1``, max
+    exclusive) that any of the ``selected`` (H, W) bool masks marks to
+    ``1 - 0.8 (z - z_min) / (z_max - z_min)`` over those pixels, ``z`` the rendered camera depth
+    (H, W) in metres (1.0 for all of them when seen at a single depth). Nothing happens when no
+    pixel is selected.
     """
     x0, y0, x1, y1 = rect
     crop = (slice(y0, y1), slice(x0, x1))
-    sel = selected[crop]
+    sel = np.logical_or.reduce([m[crop] for m in selected])
     z = depth[crop][sel]
     if z.size == 0:
         return
@@ -165,24 +167,19 @@ def fill_depth_image(depth_image: np.ndarray, depth: np.ndarray, selected: np.nd
 
 
 def fill_hand_pixels(index: int, rect: tuple[int, int, int, int], hand: np.ndarray,
-                     depth: np.ndarray, own_mask: np.ndarray, mask: np.ndarray,
-                     depth_image: np.ndarray) -> torch.Tensor | None:
-    """Write one hand's visible pixels into the masks and the HandRefiner-style depth image
-    of its frame, looking only inside ``rect``.
+                     own_mask: np.ndarray, mask: np.ndarray) -> torch.Tensor | None:
+    """Write one hand's (or arm's) visible pixels into the masks of its frame, looking only
+    inside ``rect``; its depth image follows from :func:`fill_depth_image`.
 
     Args:
-        index: the hand's position in its frame; its pixels hold ``index + 1`` in ``hand``.
+        index: the object's position in its frame; its pixels hold ``index + 1`` in ``hand``.
         rect: ``(x0, y0, x1, y1)`` pixel bounds, max exclusive, holding all of its pixels.
-        hand: (H, W) uint8 rendered hand index + 1 of the frame, 0 for background.
-        depth: (H, W) float32 rendered camera z in metres.
-        own_mask: (H, W) bool, all False: set True on the hand's pixels.
-        mask: (H, W) float32: set to 1 on the hand's pixels.
-        depth_image: (H, W) float32: set on the hand's pixels to ``1 - 0.8 (z - z_min) /
-            (z_max - z_min)`` over those pixels (1.0 for all of them when the hand is seen
-            at a single depth).
+        hand: (H, W) uint8 rendered object index + 1 of the frame, 0 for background.
+        own_mask: (H, W) bool, all False: set True on the object's pixels.
+        mask: (H, W) float32: set to 1 on the object's pixels.
 
     Returns:
-        (4,) float32 CPU tensor, the box ``x0, y0, x1, y1`` of the hand's pixels, max
+        (4,) float32 CPU tensor, the box ``x0, y0, x1, y1`` of the object's pixels, max
         exclusive; None (and nothing written) when it has no pixel.
     """
     x0, y0, x1, y1 = rect
@@ -194,7 +191,6 @@ def fill_hand_pixels(index: int, rect: tuple[int, int, int, int], hand: np.ndarr
     cols = np.flatnonzero(sel.any(axis=0))
     own_mask[crop] = sel
     mask[crop][sel] = 1.0
-    fill_depth_image(depth_image, depth, own_mask, rect)
     return torch.tensor([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1],
                         dtype=torch.float32)
 

@@ -179,20 +179,20 @@ class Renderer:
                 own_arm = zeros((len(frame_arms), height, width), np.bool_)
                 frame_labels = []
                 for i, (mesh, rect) in enumerate(zip(hands, frame.rects)):
-                    box = fill_hand_pixels(i, rect, hand[b], depth[b], frame_masks[i], mask[b],
-                                           depth_image[b])
+                    box = fill_hand_pixels(i, rect, hand[b], frame_masks[i], mask[b])
                     frame_labels.append(self._label(b, i, mesh, cam, box, depth[b], hand[b]))
                 n = len(hands)
                 for j, arm in enumerate(frame_arms):
-                    rect = frame.rects[n + j]
-                    box = fill_hand_pixels(n + j, rect, hand[b], depth[b], own_arm[j],
-                                           arm_mask[b], depth_image[b])
+                    box = fill_hand_pixels(n + j, frame.rects[n + j], hand[b], own_arm[j], arm_mask[b])
                     frame_labels[j].arm = self._arm_label(b, j, n, arm, cam, box, depth[b],
                                                           hand[b])
-                    # One depth range for the hand and its arm: no step at the wrist.
-                    (hx0, hy0, hx1, hy1), (ax0, ay0, ax1, ay1) = frame.rects[j], rect
-                    fill_depth_image(depth_image[b], depth[b], frame_masks[j] | own_arm[j],
-                                     (min(hx0, ax0), min(hy0, ay0), max(hx1, ax1), max(hy1, ay1)))
+                for i in range(n):  # one depth range per hand and its arm: no step at the wrist
+                    if i < len(frame_arms):
+                        (hx0, hy0, hx1, hy1), (ax0, ay0, ax1, ay1) = frame.rects[i], frame.rects[n + i]
+                        fill_depth_image(depth_image[b], depth[b], (frame_masks[i], own_arm[i]),
+                                         (min(hx0, ax0), min(hy0, ay0), max(hx1, ax1), max(hy1, ay1)))
+                    else:
+                        fill_depth_image(depth_image[b], depth[b], (frame_masks[i],), frame.rects[i])
                 labels.append(frame_labels)
                 masks.append(self._tensor(frame_masks, [(i, *rect) for i, rect in
                                                         enumerate(frame.rects[:n])], device))
