@@ -59,8 +59,12 @@ def load_local():
 
 
 @pytest.fixture(scope="session")
-def comfyui(tmp_path_factory):
+def comfyui(tmp_path_factory, anny_model):
     """ComfyUI imported in-process (CPU) with this pack loaded.
+
+    Takes ``anny_model`` first, so the shared cache holds the open hand before any ComfyUI tier
+    needs it: on a fresh machine a served ComfyUI would otherwise build it (1-3 minutes) inside
+    the first request of a test, beyond the browser tier's waits.
 
     Returns a namespace: ``node(node_id)`` gives a loaded node class, ``pack_module`` is the
     pack as ComfyUI imported it, ``folder_paths`` is ComfyUI's module, ``output_dir`` and
