@@ -34,6 +34,11 @@ MAX_POSE_FRAMES = 10_000
 #: Most hands in one frame of a pose file (also in ``pose.schema.json``).
 MAX_HANDS_PER_FRAME = 8
 
+#: Most CLIP chunks of 77 tokens training encodes per caption (300 tokens of text); a longer
+#: caption's tail is dropped with a warning. Batched captions of different chunk counts are
+#: repeated to a common length as ComfyUI does (``comfy.conds.CONDCrossAttn``), at most 12 chunks.
+MAX_PROMPT_CHUNKS = 4
+
 #: Horizontal field of view, degrees: the Render Conditions node's range.
 MIN_FOV_DEG = 5.0
 MAX_FOV_DEG = 120.0

@@ -66,7 +66,7 @@ from ..hands.base import mirror_params
 from ..hands.types import HandParams, HandScene
 from ..io import atomic_path, to_float, to_uint8
 from .config import AugmentConfig, DataConfig, SourceConfig
-from .prompts import tokenize_prompt
+from .prompts import repeat_to_common_length, tokenize_prompt
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ CACHE_FORMAT = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Batch entries that go to the model (``sesahand.train.model.training_loss``).
 MODEL_KEYS = ("pixel_values", "conditioning", "input_ids", "token_weights", "hand_token_mask")
+#: The caption's keys: C * 77 tokens, C chunks (:mod:`.prompts`).
+TEXT_KEYS = ("input_ids", "token_weights", "hand_token_mask")
 
 
 @dataclass(frozen=True)
@@ -523,8 +525,9 @@ class HandControlDataset(torch.utils.data.Dataset):
 
     * ``pixel_values``: (3, S, S) float32 in [-1, 1], the image (S = resolution).
     * ``conditioning``: (3, S, S) float32 in [0, 1], the rendered condition.
-    * ``input_ids``: (77,) int64, ``token_weights``: (77,) float32, ``hand_token_mask``: (77,)
-      bool: the caption as ComfyUI's CLIP Text Encode tokenizes it (:mod:`.prompts`); the empty
+    * ``input_ids``: (C * 77,) int64, ``token_weights``: (C * 77,) float32, ``hand_token_mask``:
+      (C * 77,) bool: the caption's C chunks as ComfyUI's CLIP Text Encode tokenizes them
+      (:mod:`.prompts`); the empty
       prompt with probability ``caption_dropout`` (drawn per item like the augmentation).
     * ``labels``: the rendered labels after flip and crop (camera K, hands with side, joints).
     * ``name``: the record's name.
@@ -579,8 +582,10 @@ class HandControlDataset(torch.utils.data.Dataset):
 
 def collate(items: Sequence[dict]) -> dict:
     """Stack items into the batch of :func:`sesahand.train.model.training_loss` (tensors with a
-    leading batch axis B) plus ``labels`` and ``name`` lists."""
-    batch = {k: torch.stack([it[k] for it in items]) for k in MODEL_KEYS}
+    leading batch axis B) plus ``labels`` and ``name`` lists. Captions of different chunk
+    counts are repeated to a common length (:func:`.prompts.repeat_to_common_length`)."""
+    batch = {k: (repeat_to_common_length if k in TEXT_KEYS else torch.stack)([it[k] for it in items])
+             for k in MODEL_KEYS}
     batch["labels"] = [it["labels"] for it in items]
     batch["name"] = [it["name"] for it in items]
     return batch

@@ -246,23 +246,24 @@ def sample_images(sd, controlnet, hand_attention, items, seeds, steps: int, guid
     from diffusers import DDIMScheduler
 
     from .model import encode_text
-    from .prompts import tokenize_prompt
+    from .prompts import repeat_to_common_length, tokenize_prompt
 
     device, dtype = sd.unet.device, sd.unet.dtype
     vocab = {i: t for t, i in sd.tokenizer.get_vocab().items()}
     scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
     scheduler = DDIMScheduler.from_config(sd.noise_scheduler.config)
-    uncond = encode_text(sd, tokenize_prompt(sd.tokenizer, vocab, "")[0][None])
+    empty_ids, _, empty_mask = tokenize_prompt(sd.tokenizer, vocab, "")
+    uncond = encode_text(sd, empty_ids[None])[0]
     out = []
     was_training = controlnet.training
     controlnet.eval()
     try:
         for name, cond, prompt in items:
             ids, weights, mask = tokenize_prompt(sd.tokenizer, vocab, prompt)
-            text = encode_text(sd, ids[None], weights[None])
-            context = torch.cat([uncond, text]).to(dtype)
+            text = encode_text(sd, ids[None], weights[None])[0]
+            context = repeat_to_common_length([uncond, text]).to(dtype)  # as ComfyUI batches them
             if hand_attention is not None:
-                hand_attention.set_token_mask(torch.stack([torch.zeros_like(mask), mask]).to(device))
+                hand_attention.set_token_mask(repeat_to_common_length([empty_mask, mask]).to(device))
             c = cond[None].expand(2, -1, -1, -1).to(device)
             h, w = cond.shape[1] // scale, cond.shape[2] // scale
             for seed in seeds:

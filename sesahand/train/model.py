@@ -495,7 +495,7 @@ class FusedControlNet(torch.nn.Module):
 
         Args:
             sample: (B, 4, h, w) noisy latent; timestep: (B,) or scalar DDPM timesteps;
-            encoder_hidden_states: (B, 77, 768) text tokens; controlnet_cond: (B, 3, 8h, 8w)
+            encoder_hidden_states: (B, C * 77, 768) text tokens; controlnet_cond: (B, 3, 8h, 8w)
             condition image in [0, 1].
 
         Returns:
@@ -543,7 +543,7 @@ class HandAttention:
 
     Attributes:
         alpha: the bias (eq. AE-1); 0 leaves the UNet plain.
-        token_mask: (B or 1, 77) bool of hand tokens (the set I), or None (no bias).
+        token_mask: (B or 1, C * 77) bool of hand tokens (the set I), or None (no bias).
         layers: names of the patched ``attn2`` modules.
     """
 
@@ -558,14 +558,14 @@ class HandAttention:
         self.layers = tuple(self._originals)
 
     def set_token_mask(self, mask: torch.Tensor | None) -> None:
-        """The hand tokens of the next forwards: (B, 77) bool (row b: prompt b's hand tokens,
+        """The hand tokens of the next forwards: (B, C * 77) bool (row b: prompt b's hand tokens,
         e.g. ``sesahand.attention.find_hand_tokens(...).positions``), or None for no bias.
 
         Raises:
             ValueError: not a 2-D boolean tensor.
         """
         if mask is not None and (mask.dtype != torch.bool or mask.ndim != 2):
-            raise ValueError(f"hand_token_mask must be a (B, 77) bool tensor, got "
+            raise ValueError(f"hand_token_mask must be a (B, C * 77) bool tensor, got "
                              f"{mask.dtype} {tuple(mask.shape)}")
         self.token_mask = mask
 
@@ -627,26 +627,39 @@ def encode_latents(vae, pixel_values: torch.Tensor, generator: torch.Generator |
 def encode_text(sd: SD15, input_ids: torch.Tensor, token_weights: torch.Tensor | None = None) -> torch.Tensor:
     """CLIP text tokens of prompts with ComfyUI's token weights, without gradient.
 
+    Every chunk of 77 tokens is encoded on its own and the chunks are concatenated along the
+    tokens, as ComfyUI's CLIP Text Encode does for long prompts.
+
     Args:
         sd: from :func:`load_sd15`.
-        input_ids: (B, 77) long (``sesahand.train.prompts.tokenize_prompt``).
-        token_weights: (B, 77) float or None (all 1). Where a weight is not 1 the token's
+        input_ids: (B, C * 77) long, C chunks (``sesahand.train.prompts.tokenize_prompt``).
+        token_weights: (B, C * 77) float or None (all 1). Where a weight is not 1 the token's
             encoding becomes ``(z - z_empty) * weight + z_empty``, z_empty the encoding of the
-            empty prompt at that position: what ComfyUI's CLIP Text Encode does with
-            ``(word:1.3)`` (``comfy.sd1_clip.ClipTokenWeightEncoder``).
+            empty prompt at that position of its chunk: what ComfyUI's CLIP Text Encode does
+            with ``(word:1.3)`` (``comfy.sd1_clip.ClipTokenWeightEncoder``).
 
     Returns:
-        (B, 77, 768) in the text encoder's dtype, on its device.
+        (B, C * 77, 768) in the text encoder's dtype, on its device.
+
+    Raises:
+        ValueError: ``input_ids`` is not (B, C * 77), or the weights' shape differs.
     """
+    from .prompts import MAX_TOKENS
+
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0 or input_ids.shape[1] % MAX_TOKENS:
+        raise ValueError(f"input_ids must be (B, C * {MAX_TOKENS}) token ids, got {tuple(input_ids.shape)}")
+    if token_weights is not None and token_weights.shape != input_ids.shape:
+        raise ValueError(f"token_weights {tuple(token_weights.shape)} must match input_ids "
+                         f"{tuple(input_ids.shape)}")
     device = sd.text_encoder.device
+    b, length = input_ids.shape
     with torch.no_grad():
-        text = sd.text_encoder(input_ids.to(device))[0]
+        text = sd.text_encoder(input_ids.reshape(-1, MAX_TOKENS).to(device))[0]
+        text = text.reshape(b, length, text.shape[-1])
         if token_weights is None or bool((token_weights == 1).all()):
             return text
-        from .prompts import MAX_TOKENS
-
         empty_ids = [sd.tokenizer.bos_token_id] + [sd.tokenizer.eos_token_id] * (MAX_TOKENS - 1)
-        empty = sd.text_encoder(torch.tensor([empty_ids], device=device))[0]
+        empty = sd.text_encoder(torch.tensor([empty_ids], device=device))[0].repeat(1, length // MAX_TOKENS, 1)
         weights = token_weights.to(device=device, dtype=text.dtype)[..., None]
         return (text - empty) * weights + empty
 
@@ -666,8 +679,8 @@ def training_loss(sd: SD15, controlnet: FusedControlNet, batch: dict, hand_atten
         sd: from :func:`load_sd15`.
         controlnet: the trainable :class:`FusedControlNet`.
         batch: ``pixel_values`` (B, 3, H, W) float in [-1, 1]; ``conditioning`` (B, 3, H, W)
-            float in [0, 1]; ``input_ids`` (B, 77) long; optional ``token_weights`` (B, 77)
-            float (:func:`encode_text`); ``hand_token_mask`` (B, 77) bool (used when
+            float in [0, 1]; ``input_ids`` (B, C * 77) long; optional ``token_weights``
+            (B, C * 77) float (:func:`encode_text`); ``hand_token_mask`` (B, C * 77) bool (used when
             ``hand_attention`` is given). H and W multiples of 8.
         hand_attention: from :func:`install_hand_attention` on ``sd.unet``, or None (no AE).
         generator: randomness of noise, timesteps and the VAE posterior sample (any device);
@@ -687,7 +700,7 @@ def training_loss(sd: SD15, controlnet: FusedControlNet, batch: dict, hand_atten
                          f"{tuple(pixels.shape)}")
     if cond.shape != pixels.shape or ids.ndim != 2 or ids.shape[0] != pixels.shape[0]:
         raise ValueError(f"batch conditioning {tuple(cond.shape)} must match pixel_values "
-                         f"{tuple(pixels.shape)} and input_ids {tuple(ids.shape)} be (B, 77)")
+                         f"{tuple(pixels.shape)} and input_ids {tuple(ids.shape)} be (B, C * 77)")
     device, dtype = sd.unet.device, sd.unet.dtype
     latents = encode_latents(sd.vae, pixels.to(device), generator).to(dtype)
     text = encode_text(sd, ids, batch.get("token_weights")).to(device=device, dtype=dtype)
@@ -704,7 +717,7 @@ def training_loss(sd: SD15, controlnet: FusedControlNet, batch: dict, hand_atten
     if hand_attention is not None:
         mask = batch.get("hand_token_mask")
         if mask is None:
-            raise ValueError("batch needs hand_token_mask (B, 77) bool when hand attention is on")
+            raise ValueError("batch needs hand_token_mask (B, C * 77) bool when hand attention is on")
         hand_attention.set_token_mask(mask.to(device))
     prediction = sd.unet(noisy, timesteps, encoder_hidden_states=text,
                          down_block_additional_residuals=[r.to(dtype) for r in down],

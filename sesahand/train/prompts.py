@@ -12,14 +12,18 @@ Weights are applied to the encoded tokens (``(z - z_empty) * weight + z_empty``,
 caption (``sesahand.attention.find_hand_tokens``, the function the Hand Attention node uses) is
 at the positions ComfyUI biases.
 
-Training encodes the first chunk only (captions of the behaviour-semantics composer fit in
-it); a longer caption's tail is dropped with a warning. Textual-inversion embeddings
+Training encodes every chunk, each on its own, and concatenates them along the tokens, as
+ComfyUI does (up to ``sesahand.limits.MAX_PROMPT_CHUNKS``; a longer caption's tail is dropped
+with a warning). Captions of different chunk counts in one batch are repeated to a common
+length (:func:`repeat_to_common_length`, ComfyUI's rule for batched conditionings: repeating
+all keys leaves attention unchanged). Textual-inversion embeddings
 (``embedding:NAME``) are not supported in training: the words are tokenized as text.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import torch
@@ -138,30 +142,59 @@ def comfy_chunks(tokenizer, prompt: str) -> list[list[tuple[int, float, int]]]:
 
 def tokenize_prompt(tokenizer, vocab: dict[int, str], prompt: str, terms: Sequence[str] = ()
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token ids, token weights and hand-token mask of a prompt's first chunk, as ComfyUI has them.
+    """Token ids, token weights and hand-token mask of a prompt, as ComfyUI has them.
 
     Args:
         tokenizer: the SD1.5 ``CLIPTokenizer`` (transformers).
         vocab: token id -> BPE piece of that tokenizer.
-        prompt: the text (ComfyUI weight syntax allowed); beyond one chunk (75 tokens) the
-            rest is dropped with a warning.
+        prompt: the text (ComfyUI weight syntax allowed); beyond
+            ``sesahand.limits.MAX_PROMPT_CHUNKS`` chunks (75 tokens each) the rest is dropped
+            with a warning.
         terms: extra hand words/phrases (:func:`sesahand.attention.find_hand_tokens`).
 
     Returns:
-        ``input_ids`` (77,) int64, ``token_weights`` (77,) float32 (1 outside weighted
-        segments) and ``hand_token_mask`` (77,) bool, True at the positions of hand words
-        (eq. AE-1's set I), which are ComfyUI's positions for the same prompt.
+        ``input_ids`` (C * 77,) int64 for C chunks, ``token_weights`` (C * 77,) float32 (1
+        outside weighted segments) and ``hand_token_mask`` (C * 77,) bool, True at the
+        positions of hand words (eq. AE-1's set I): ComfyUI's tokens, weights and the Hand
+        Attention node's positions for the same prompt.
     """
     from ..attention.tokens import find_hand_tokens
+    from ..limits import MAX_PROMPT_CHUNKS
 
     chunks = comfy_chunks(tokenizer, prompt)
-    if len(chunks) > 1:
-        log.warning("caption longer than one CLIP chunk (75 tokens); training uses the first chunk: %.60s...",
-                    prompt)
-    first = chunks[0]
-    hand = find_hand_tokens([first], vocab, terms)
-    mask = torch.zeros(MAX_TOKENS, dtype=torch.bool)
+    if len(chunks) > MAX_PROMPT_CHUNKS:
+        log.warning("caption longer than %d CLIP chunks (%d tokens); training uses the first %d: %.60s...",
+                    MAX_PROMPT_CHUNKS, 75 * MAX_PROMPT_CHUNKS, MAX_PROMPT_CHUNKS, prompt)
+        chunks = chunks[:MAX_PROMPT_CHUNKS]
+    hand = find_hand_tokens(chunks, vocab, terms)
+    tokens = [token for chunk in chunks for token in chunk]
+    mask = torch.zeros(len(tokens), dtype=torch.bool)
     mask[list(hand.positions)] = True
-    ids = torch.tensor([t for t, _, _ in first], dtype=torch.long)
-    weights = torch.tensor([w for _, w, _ in first], dtype=torch.float32)
+    ids = torch.tensor([t for t, _, _ in tokens], dtype=torch.long)
+    weights = torch.tensor([w for _, w, _ in tokens], dtype=torch.float32)
     return ids, weights, mask
+
+
+def repeat_to_common_length(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack per-prompt token tensors of C_i * 77 tokens (dim 0) into one batch, repeating each
+    along its tokens to the least common multiple of the lengths: ComfyUI's rule for batching
+    conditionings of different lengths (``comfy.conds.CONDCrossAttn.concat``). Repeating every
+    key of a cross-attention the same number of times leaves its output unchanged, and a
+    repeated hand-token mask biases the same keys.
+
+    Args:
+        rows: tensors ``(L_i, ...)`` with ``L_i`` a multiple of 77 (ids, weights, masks or
+            encodings without their batch axis).
+
+    Returns:
+        ``(len(rows), L, ...)`` with ``L = lcm(L_i)``.
+
+    Raises:
+        ValueError: a length that is not a whole number of chunks, or rows whose other
+            dimensions differ.
+    """
+    lengths = [int(r.shape[0]) for r in rows]
+    if not rows or any(n == 0 or n % MAX_TOKENS for n in lengths):
+        raise ValueError(f"prompt token rows must be whole chunks of {MAX_TOKENS}, got lengths {lengths}")
+    common = math.lcm(*lengths)
+    return torch.stack([r.repeat(common // r.shape[0], *([1] * (r.ndim - 1))) for r in rows])

@@ -273,8 +273,10 @@ LONG = ("a woman in a sunny kitchen with wooden shelves, jars of flour, copper p
 ])
 def test_training_hand_tokens_are_the_hand_attention_node_s_positions(comfyui, trained, clip, prompt, terms):
     """tokenize_prompt (training) == ComfyUI's tokens and the Hand Attention node's positions
-    (weights, escapes, chunks, gerunds); training keeps the first chunk."""
+    (weights, escapes, chunks, gerunds), every chunk; and training's text encoding == ComfyUI's
+    CLIP Text Encode of the same checkpoint (each chunk on its own, token weights)."""
     from sesahand.attention import parse_terms
+    from sesahand.train import model
     from sesahand.train.prompts import tokenize_prompt
 
     attention = importlib.import_module(comfyui.pack_module.__name__ + ".nodes.attention")
@@ -283,7 +285,12 @@ def test_training_hand_tokens_are_the_hand_attention_node_s_positions(comfyui, t
     tokenizer = trained.sd.tokenizer
     vocab = {i: t for t, i in tokenizer.get_vocab().items()}
     ids, weights, mask = tokenize_prompt(tokenizer, vocab, prompt, parse_terms(terms))
-    assert ids.tolist() == [int(t) for t, _, _ in chunks[0]]
-    assert weights.tolist() == pytest.approx([w for _, w, _ in chunks[0]])
-    assert mask.nonzero().flatten().tolist() == [p for p in theirs.positions if p < 77]
+    tokens = [token for chunk in chunks for token in chunk]
+    assert ids.tolist() == [int(t) for t, _, _ in tokens]
+    assert weights.tolist() == pytest.approx([w for _, w, _ in tokens])
+    assert mask.nonzero().flatten().tolist() == list(theirs.positions)
     assert mask.any()
+    ours = model.encode_text(trained.sd, ids[None], weights[None])
+    cond = clip.encode_from_tokens(clip.tokenize(prompt))
+    assert ours.shape == cond.shape == (1, 77 * len(chunks), 768)
+    torch.testing.assert_close(ours, cond, atol=2e-4, rtol=1e-4)

@@ -104,6 +104,13 @@ def test_dataset_items_and_determinism(toy_records, tokenizer, tmp_path):
     assert sides == {"right", "left"}  # flips happen and swap the side
     batch = collate([ds[(0, i)] for i in range(3)])
     assert batch["input_ids"].shape == (3, 77) and batch["hand_token_mask"].dtype == torch.bool
+    # a caption of two chunks: the others repeat to its length (ComfyUI's batching rule)
+    long = dict(ds[(0, 1)], input_ids=torch.arange(154), token_weights=torch.ones(154),
+                hand_token_mask=torch.zeros(154, dtype=torch.bool))
+    batch = collate([ds[(0, 0)], long])
+    assert batch["input_ids"].shape == batch["hand_token_mask"].shape == (2, 154)
+    assert torch.equal(batch["input_ids"][0], ds[(0, 0)]["input_ids"].repeat(2))
+    assert torch.equal(batch["hand_token_mask"][0], ds[(0, 0)]["hand_token_mask"].repeat(2))
     order = list(EpochSampler(4, 0))
     assert sorted(i for _, i in order) == [0, 1, 2, 3] and order == list(EpochSampler(4, 0))
     # a second build finds everything in the cache

@@ -173,7 +173,7 @@ def test_hand_attention_refuses_bad_input():
     with pytest.raises(ValueError, match="layers 'encoder' is unknown.*'decoder', 'all'"):
         tm.install_hand_attention(unet, 2.0, layers="encoder")
     handle = tm.install_hand_attention(unet, 2.0)
-    with pytest.raises(ValueError, match=r"hand_token_mask must be a \(B, 77\) bool tensor"):
+    with pytest.raises(ValueError, match=r"hand_token_mask must be a \(B, C \* 77\) bool tensor"):
         handle.set_token_mask(torch.zeros(2, 77))
 
 

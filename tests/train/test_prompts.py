@@ -75,3 +75,63 @@ def test_encode_text_applies_comfyui_token_weights(tiny_sd15):
     changed = weights != 1
     torch.testing.assert_close(weighted[0, ~changed], plain[0, ~changed])
     torch.testing.assert_close(weighted[0, changed], (plain[0, changed] - empty[0, changed]) * 1.5 + empty[0, changed])
+
+
+LONG = ("a woman in a sunny kitchen with wooden shelves, jars of flour, copper pots, a window with "
+        "green plants, a striped apron and a bowl of lemons on the counter, soft morning light, film "
+        "grain, shallow depth of field, warm colours, detailed skin, a wooden floor, a radio playing "
+        "quietly, a cat asleep on a chair, steam rising from a kettle, a calendar on the wall, is "
+        "kneading dough with both hands while smiling")
+
+
+def test_long_captions_keep_every_chunk_and_their_hand_positions(tokenizer, vocab):
+    chunks = comfy_chunks(tokenizer, LONG)
+    ids, weights, mask = tokenize_prompt(tokenizer, vocab, LONG)
+    assert len(chunks) == 2 and ids.shape == weights.shape == mask.shape == (2 * MAX_TOKENS,)
+    assert ids.tolist() == [t for chunk in chunks for t, _, _ in chunk]
+    words = {vocab[int(ids[p])] for p in mask.nonzero().flatten()}
+    assert mask[MAX_TOKENS:].any() and {"hands</w>", "smiling</w>"} <= words  # in the second chunk
+
+
+def test_captions_beyond_the_chunk_limit_are_cut_with_a_warning(tokenizer, vocab, caplog):
+    from sesahand.limits import MAX_PROMPT_CHUNKS
+
+    ids, _, mask = tokenize_prompt(tokenizer, vocab, "a raised hand " * 200)
+    assert ids.shape == mask.shape == (MAX_PROMPT_CHUNKS * MAX_TOKENS,)
+    assert f"longer than {MAX_PROMPT_CHUNKS} CLIP chunks" in caplog.text
+
+
+def test_batched_captions_repeat_to_a_common_length_without_changing_attention():
+    from sesahand.attention import biased_attention
+    from sesahand.train.prompts import repeat_to_common_length
+
+    one, two = torch.arange(MAX_TOKENS), torch.arange(2 * MAX_TOKENS) + 1000
+    batch = repeat_to_common_length([one, two])
+    assert batch.shape == (2, 2 * MAX_TOKENS)
+    assert torch.equal(batch[0], torch.cat([one, one])) and torch.equal(batch[1], two)
+    assert repeat_to_common_length([one, torch.arange(3 * MAX_TOKENS)]).shape == (2, 3 * MAX_TOKENS)
+    with pytest.raises(ValueError, match="whole chunks of 77"):
+        repeat_to_common_length([one, torch.arange(100)])
+    # repeating every key (and its bias) leaves the hand-biased attention unchanged
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 16, 32, generator=g)
+    k, v = (torch.randn(MAX_TOKENS, 32, generator=g) for _ in range(2))
+    bias = torch.zeros(MAX_TOKENS)
+    bias[[3, 9]] = 2.0
+    plain = biased_attention(q, k[None], v[None], 4, bias)
+    k2, v2, bias2 = (repeat_to_common_length([t, torch.cat([t, t])])[:1] for t in (k, v, bias))
+    torch.testing.assert_close(biased_attention(q, k2, v2, 4, bias2[0]), plain)
+
+
+def test_encode_text_encodes_each_chunk_on_its_own(tiny_sd15, tokenizer, vocab):
+    from sesahand.train.model import encode_text, load_sd15
+
+    sd = load_sd15(tiny_sd15)
+    ids, weights, _ = tokenize_prompt(sd.tokenizer, vocab, LONG.replace("smiling", "(smiling:1.3)"))
+    both = encode_text(sd, ids[None], weights[None])
+    assert both.shape == (1, 2 * MAX_TOKENS, sd.text_encoder.config.hidden_size)
+    for c in range(2):
+        part = slice(c * MAX_TOKENS, (c + 1) * MAX_TOKENS)
+        torch.testing.assert_close(both[:, part], encode_text(sd, ids[None, part], weights[None, part]))
+    with pytest.raises(ValueError, match="C \\* 77"):
+        encode_text(sd, ids[None, :100])
