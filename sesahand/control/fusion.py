@@ -79,6 +79,8 @@ CUDA_CHUNK_RANGE = (1 << 21, 1 << 26)
 CUDA_FREE_MEMORY_SHARE = 16
 #: Chunk-sized float32 buffers alive at once in a forward (logits, probabilities, head sum).
 CHUNK_BUFFERS = 3
+#: log2(e): exp(x) = exp2(x * LOG2_E) (the fused path's probabilities).
+LOG2_E = math.log2(math.e)
 
 
 def default_chunk_elements(device: torch.device | str | None, fused: bool = False) -> int:
@@ -234,7 +236,8 @@ def _fused_maps(q_h: torch.Tensor, k_t: torch.Tensor, v_h: torch.Tensor, rows: i
     The output and the log-sum-exp of each query's logits come from PyTorch's fused CPU
     attention kernel (``_scaled_dot_product_flash_attention_for_cpu``, float32 inputs, so a
     float32 lse); the probabilities are then exp(q k^T / sqrt(d) - lse), one matmul (lse
-    folded in as an extra column of q and a row of ones in k) and one in-place exp per chunk,
+    folded in as an extra column of q and a row of ones in k, both scaled by log2 e) and one
+    in-place exp2 per chunk,
     reduced as in :func:`_chunk_maps` (same aggregates, same float32; no softmax passes and no
     value product here). Returns the output (B, heads, N, d) and the summed aggregate
     (``"tokens"``: (B, G, G) max, divided by heads later; ``"gate"``: (B, N) sum).
@@ -242,7 +245,9 @@ def _fused_maps(q_h: torch.Tensor, k_t: torch.Tensor, v_h: torch.Tensor, rows: i
     b, heads, d, n = k_t.shape
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q_h, k_t.transpose(-1, -2), v_h, scale=1.0)  # k_t carries the 1/sqrt(d)
-    q_aug = torch.cat([q_h, lse.neg().unsqueeze(-1)], dim=-1).view(b * heads, n, d + 1)
+    # base 2: exp(x) = exp2(x log2 e), log2 e folded into the queries (exp2 is several times
+    # cheaper than exp on the CPU, same float32 accuracy)
+    q_aug = (torch.cat([q_h, lse.neg().unsqueeze(-1)], dim=-1) * LOG2_E).view(b * heads, n, d + 1)
     k_aug = torch.cat([k_t, k_t.new_ones(b, heads, 1, n)], dim=2).view(b * heads, d + 1, n)
     gh, gw = common
     agg = None
@@ -250,7 +255,7 @@ def _fused_maps(q_h: torch.Tensor, k_t: torch.Tensor, v_h: torch.Tensor, rows: i
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         p = buffer[:b * heads * (stop - start) * n].view(b, heads, stop - start, n)
-        torch.bmm(q_aug[:, start:stop], k_aug, out=p.view(b * heads, stop - start, n)).exp_()  # probabilities
+        torch.bmm(q_aug[:, start:stop], k_aug, out=p.view(b * heads, stop - start, n)).exp2_()  # probabilities
         if fusion == "tokens":
             summed = torch.sum(p, dim=1, out=head_sum[:b * (stop - start) * n].view(b, stop - start, n))
             part = pool_cells(_pool_keys(summed, grid, common, cells), cells[start:stop], gh * gw, dim=1)
