@@ -104,6 +104,8 @@ def check_dataset(root: str | Path, repair: bool = False) -> CheckReport:
     Raises:
         FileNotFoundError: ``root`` does not exist.
         RuntimeError: (repair) another writer holds the dataset.
+        ValueError: (repair) ``quarantine/`` or a folder in it is a symbolic link or a file
+            (nothing is written).
         OSError: (repair) the folder is not writable.
     """
     root = Path(root)
@@ -164,9 +166,22 @@ def _check(root: Path, repair: bool) -> CheckReport:
     return report
 
 
+def _check_quarantine(root: Path, orphans: list[str]) -> None:
+    """Refuse (ValueError, before anything is written) a quarantine folder, or a subfolder the
+    repair writes into, that is a symbolic link or not a folder: repair writes only inside
+    the dataset."""
+    folders = [QUARANTINE_DIR] + sorted({f"{QUARANTINE_DIR}/{Path(rel).parent.as_posix()}" for rel in orphans})
+    for rel in folders:
+        path = root / rel
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise ValueError(f"dataset {root}: {rel} is a symbolic link or not a folder; repair writes "
+                             f"only inside the dataset: move {rel} away and run the repair again")
+
+
 def _repair(root: Path, report: CheckReport, bad_lines: list[tuple[int, str, str]], records: list[dict],
             orphans: list[str]) -> None:
     quarantine = root / QUARANTINE_DIR
+    _check_quarantine(root, orphans)
     try:
         if bad_lines:
             quarantine.mkdir(exist_ok=True)

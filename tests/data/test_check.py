@@ -85,6 +85,21 @@ def test_repair_sets_problems_aside(small_dataset, capsys):
     assert (quarantine / "images" / "00000042.1.png").read_bytes() == b"again"
 
 
+@pytest.mark.parametrize("planted", ["quarantine", "quarantine/images"])
+def test_repair_refuses_a_linked_quarantine_and_writes_nothing(small_dataset, tmp_path, planted):
+    root, _, _ = small_dataset
+    damage(root)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (root / planted).parent.mkdir(exist_ok=True)
+    (root / planted).symlink_to(outside, target_is_directory=True)
+    labels = (root / "labels.jsonl").read_bytes()
+    with pytest.raises(ValueError, match=f"{planted} is a symbolic link.*move {planted} away"):
+        check_dataset(root, repair=True)
+    assert (root / "labels.jsonl").read_bytes() == labels and list(outside.iterdir()) == []
+    assert image_path(root, 42).is_file()  # the orphan was not moved
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         check_dataset(tmp_path / "nope")
