@@ -12,7 +12,9 @@ Needs ComfyUI core (``$COMFYUI_PATH``, default ``~/ComfyUI``); runs on the CPU.
 Model: a ControlNet of SD1.5's full shape (model_channels 320, channel mult 1-2-4-4, two res
 blocks per level, transformers on the first three levels and the middle, 8 heads, context 768,
 361 M parameters) with seeded random weights, float32, built by ComfyUI's cldm code. One step
-is one ControlNet forward on a batch of 2 (a positive and a negative prompt, as in CFG).
+is one ControlNet forward on a batch of 2 as CFG sampling calls it: the same latent, hint and
+timestep in both rows with a positive and a negative prompt (SF attends the rows that are
+still equal, the first 64 x 64 self-attention's, once: ``SelfAttentionMaps.attention``).
 
 Each comparison is run twice, with core's attention set to ComfyUI's CPU default
 (sub-quadratic) and to PyTorch SDPA (``--use-pytorch-cross-attention``): the plain forward
@@ -100,9 +102,12 @@ def build_controlnet():
 
 
 def inputs(size: int):
+    """A CFG batch as ComfyUI's sampler hands it to a ControlNet: one latent, its hint and its
+    timestep for both rows (``calc_cond_batch`` repeats them), a positive and a negative context."""
     g = torch.Generator().manual_seed(1)
-    return (torch.randn(2, 4, size, size, generator=g), torch.rand(2, 3, 8 * size, 8 * size, generator=g),
-            torch.tensor([700.0, 700.0]), torch.randn(2, 77, 768, generator=g))
+    x = torch.randn(1, 4, size, size, generator=g).expand(2, -1, -1, -1).contiguous()
+    hint = torch.rand(1, 3, 8 * size, 8 * size, generator=g).expand(2, -1, -1, -1).contiguous()
+    return x, hint, torch.tensor([700.0, 700.0]), torch.randn(2, 77, 768, generator=g)
 
 
 def forward(cm, model, variant, x, hint, t, context):

@@ -266,6 +266,25 @@ def _fused_maps(q_h: torch.Tensor, k_t: torch.Tensor, v_h: torch.Tensor, rows: i
     return out, agg
 
 
+def _same_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+    """For each batch row, the first row with the same q, k and v (long (B,)), or None when all
+    rows differ. Candidates are found by a strided sample of q and confirmed exactly."""
+    b = q.shape[0]
+    if b < 2:
+        return None
+    sample = q.reshape(b, -1)[:, ::(q[0].numel() // 64) or 1]
+    index = list(range(b))
+    for i in range(1, b):
+        for j in range(i):
+            if index[j] == j and torch.equal(sample[i], sample[j]) and all(
+                    torch.equal(t[i], t[j]) for t in (q, k, v)):
+                index[i] = j
+                break
+    if index == list(range(b)):
+        return None
+    return torch.tensor(index, device=q.device)
+
+
 def _normalised(agg: torch.Tensor, fusion: str) -> torch.Tensor:
     """``agg`` scaled per sample: rows summing to 1 (``"tokens"``, (B, G, G)) or maximum 1
     (``"gate"``, (B, G)); an all-zero row or map stays zero."""
@@ -329,7 +348,10 @@ class SelfAttentionMaps:
         Returns:
             (B, N, heads * d) in v's dtype, the attention output before the out projection.
             With gradients, every chunk is recomputed in backward (module docstring: no
-            attention map is kept for backward).
+            attention map is kept for backward). Without gradients, batch rows whose q, k and
+            v are equal are computed once and copied (same results): the positive and negative
+            rows of classifier-free guidance share latent, hint and timestep, so they are equal
+            until the first cross-attention (ComfyUI batches them together).
 
         Raises:
             ValueError: N differs from h * w, keys and queries differ in number, or the
@@ -342,9 +364,24 @@ class SelfAttentionMaps:
                              f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
         if inner % heads:
             raise ValueError(f"width {inner} is not divisible by {heads} heads")
+        recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        index = None if recompute else _same_rows(q, k, v)
+        if index is not None:  # CFG: rows equal up to here (module docstring); each computed once
+            firsts = index.unique()
+            out, agg = self._attend(q[firsts], k[firsts], v[firsts], heads, grid, recompute)
+            where = torch.searchsorted(firsts, index)
+            out, agg = out[where], agg[where]
+        else:
+            out, agg = self._attend(q, k, v, heads, grid, recompute)
+        self._record((h, w), agg, heads, n)
+        return out
+
+    def _attend(self, q, k, v, heads: int, grid: tuple[int, int], recompute: bool):
+        """:meth:`attention`'s output and the layer's summed aggregate (not yet recorded)."""
+        b, n, inner = q.shape
+        h, w = grid
         d = inner // heads
         compute = torch.promote_types(q.dtype, torch.float32)
-        recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         fused = not recompute and q.device.type == "cpu"
         chunk = self.max_chunk_elements or default_chunk_elements(q.device, fused)
 
@@ -361,8 +398,7 @@ class SelfAttentionMaps:
                 q_h = q.reshape(b, n, heads, d).transpose(1, 2).to(compute)
                 out_h, agg = _fused_maps(q_h, k_t, v_h.to(compute), rows, self.fusion, (h, w),
                                          self.common_grid, cells, k_t.new_empty(b * heads * rows * n))
-            self._record((h, w), agg, heads, n)
-            return out_h.transpose(1, 2).reshape(b, n, inner).to(v.dtype)
+            return out_h.transpose(1, 2).reshape(b, n, inner).to(v.dtype), agg
         agg = None
         out = v.new_empty((b, n, heads, d))
         buffers = None
@@ -383,8 +419,7 @@ class SelfAttentionMaps:
                 agg = torch.maximum(agg, part)
             else:
                 agg = agg + part
-        self._record((h, w), agg, heads, n)
-        return out.view(b, n, inner)
+        return out.view(b, n, inner), agg
 
     def _record(self, grid: tuple[int, int], agg: torch.Tensor, heads: int, n: int) -> None:
         """Add one layer's summed aggregate (divided here by heads, and by N for ``"gate"``)."""

@@ -328,3 +328,31 @@ def test_fused_cpu_path_equals_the_reference_path(fusion, chunk, monkeypatch):
         torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-6)
     assert len(calls) == len(LAYER_GRIDS)  # the fast path ran for every layer
     torch.testing.assert_close(fast.structure(), reference.structure().detach(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("fusion", ["tokens", "gate"])
+def test_equal_batch_rows_are_computed_once_with_the_same_results(fusion, monkeypatch):
+    """CFG's positive and negative rows are equal until the first cross-attention: without
+    gradients they are attended once and copied; outputs and psi' are those of each row
+    computed on its own, and a row that differs in one value is not merged."""
+    batches = []
+    original = SelfAttentionMaps._attend
+    monkeypatch.setattr(SelfAttentionMaps, "_attend",
+                        lambda self, q, *a: batches.append(q.shape[0]) or original(self, q, *a))
+    merged = SelfAttentionMaps(fusion, COMMON)
+    alone = [SelfAttentionMaps(fusion, COMMON) for _ in range(4)]
+    for seed, grid in enumerate(LAYER_GRIDS):
+        a, b = qkv(grid, batch=1, seed=seed), qkv(grid, batch=1, seed=seed + 10)
+        # rows: a, b, a again (equal), a with one value of v changed
+        q, k, v = (torch.cat([x, y, x, x]) for x, y in zip(a, b))
+        v[3, 0, 0] += 1.0
+        with torch.no_grad():
+            out = merged.attention(q, k, v, HEADS, grid)
+            assert batches[-1] == 3  # rows 0 and 2 attended once
+            rows = [maps.attention(*(t[i:i + 1] for t in (q, k, v)), HEADS, grid)
+                    for i, maps in enumerate(alone)]
+        torch.testing.assert_close(out, torch.cat(rows), rtol=1e-6, atol=1e-7)
+        assert torch.equal(out[0], out[2]) and not torch.equal(out[0], out[3])
+    psi = merged.structure()
+    torch.testing.assert_close(psi, torch.cat([maps.structure() for maps in alone]), rtol=1e-6, atol=1e-7)
+    assert torch.equal(psi[0], psi[2])
