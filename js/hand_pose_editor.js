@@ -272,7 +272,7 @@ class HandPoseEditor {
     const graph = this.node.graph ?? app.graph;
     const widgetsOf = (n) => Object.fromEntries((n.widgets ?? []).map((w) => [w.name, w.value]));
     const fromNode = (n) => n && n.type === "SesaHandHandModel"
-      ? { model: widgetsOf(n).model ?? "anny (open)", mano_file: widgetsOf(n).mano_file ?? "" } : null;
+      ? { model: widgetsOf(n).model ?? "anny (open)", mano_file: widgetsOf(n).mano_file ?? "none" } : null;
     for (const output of this.node.outputs ?? []) {
       for (const linkId of output.links ?? []) {
         const link = graph.links?.get?.(linkId) ?? graph.links?.[linkId];
@@ -284,7 +284,7 @@ class HandPoseEditor {
       }
     }
     const any = (graph._nodes ?? []).find((n) => n.type === "SesaHandHandModel");
-    return fromNode(any) ?? { model: "anny (open)", mano_file: "" };
+    return fromNode(any) ?? { model: "anny (open)", mano_file: "none" };
   }
 
   checkModel() {

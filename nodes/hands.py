@@ -62,6 +62,16 @@ HandModelType = io.Custom("SESAHAND_HAND_MODEL")
 PoseType = io.Custom("SESAHAND_POSE")
 
 
+#: The Hand Model node's ``mano_file`` choice that names no file (always first in the list, so
+#: an empty models/mano folder shows a choice instead of nothing).
+NO_MANO_FILE = "none"
+
+
+def _no_file(mano_file) -> bool:
+    """True for the ``mano_file`` values that name no file: ``none``, empty (older workflows)."""
+    return mano_file in (None, "", NO_MANO_FILE)
+
+
 def _mano_missing_message() -> str:
     folder = folder_paths.get_folder_paths("mano")[0]
     return (f"no MANO file chosen: put MANO_RIGHT.pkl / MANO_LEFT.pkl (from {MANO_DOWNLOAD}, "
@@ -90,10 +100,12 @@ class SesaHandHandModel(io.ComfyNode):
                                tooltip="Side of preset hands and of a single random hand. Two "
                                        "random hands are a right and a left one; pose JSON names "
                                        "each hand's side."),
-                io.Combo.Input("mano_file", options=folder_paths.get_filename_list("mano"), optional=True,
+                io.Combo.Input("mano_file", options=[NO_MANO_FILE, *folder_paths.get_filename_list("mano")],
+                               default=NO_MANO_FILE, optional=True,
                                tooltip="With model mano: a MANO_RIGHT / MANO_LEFT file in "
                                        "models/mano. Both sides found in its folder are loaded. "
-                                       "Optional, so that the node works with an empty folder."),
+                                       "'none' (always offered, also with an empty folder): "
+                                       "no MANO file, for the open anny hand."),
             ],
             outputs=[HandModelType.Output("hand_model", display_name="hand_model",
                                           tooltip="The loaded model and its side.")],
@@ -104,7 +116,7 @@ class SesaHandHandModel(io.ComfyNode):
         if model is not None and model not in MODEL_CHOICES:
             return f"model {model!r} is unknown; choose one of {list(MODEL_CHOICES)}"
         if model == "mano" and mano_file not in folder_paths.get_filename_list("mano"):
-            return _mano_missing_message() if not mano_file else \
+            return _mano_missing_message() if _no_file(mano_file) else \
                 f"MANO file {mano_file!r} is not in the mano model folder; choose one from the list"
         return True
 
@@ -113,7 +125,7 @@ class SesaHandHandModel(io.ComfyNode):
         name = MODEL_CHOICES[model]
         if name == "anny":
             path = folder_paths.get_folder_paths("sesahand")[0]
-        elif not mano_file:
+        elif _no_file(mano_file):
             raise ValueError(_mano_missing_message())
         else:
             path = os.path.dirname(folder_paths.get_full_path_or_raise("mano", mano_file))

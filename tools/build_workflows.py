@@ -181,7 +181,7 @@ def _rendered_hand(note: str, pose_values: dict, seed_control: str, previews: tu
         Spec("note_models", "Note", 0, title="Model files", text=note),
         Spec("checkpoint", "CheckpointLoaderSimple", 0, values={"ckpt_name": checkpoint}),
         Spec("hand_model", "SesaHandHandModel", 0,
-             values={"model": "anny (open)", "mano_file": "", "side": "right"}),
+             values={"model": "anny (open)", "mano_file": "none", "side": "right"}),
         Spec("pose", "SesaHandHandPose", 0, values=pose_values, controls={"seed": seed_control}),
         Spec("render", "SesaHandRenderConditions", 1,
              values={"width": size, "height": size, "fov": 40.0, "batch_size": 1, "backend": "auto"},

@@ -82,6 +82,9 @@ def test_editor_opens_with_the_pack_hand_mesh(page, shots):
     document = json.loads(page.evaluate(TEXT))
     assert document["frames"][0]["camera"]["width"] == 512
     assert len(document["frames"][0]["hands"][0]["hand_pose"]) == 45
+    # the Hand Model's mano_file shows a choice with an empty models/mano folder (not "undefined")
+    assert page.evaluate("() => app.graph._nodes.find((n) => n.type === 'SesaHandHandModel')"
+                         ".widgets.find((w) => w.name === 'mano_file').value") == "none"
     page.screenshot(path=str(shots / "editor_open.png"))
 
 

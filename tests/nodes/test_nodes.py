@@ -74,8 +74,14 @@ def test_hand_model_is_loaded_once_and_carries_its_side(comfyui, anny):
 
 def test_hand_model_asks_for_mano_files(comfyui):
     node = comfyui.node("SesaHandHandModel")
-    message = node.validate_inputs(model="mano", mano_file="")
-    assert isinstance(message, str) and "MANO_RIGHT.pkl" in message
+    spec = node.GET_NODE_INFO_V1()["input"]["optional"]["mano_file"][1]
+    assert spec["options"][0] == "none" and spec["default"] == "none"  # a choice, also with no file
+    for nothing in ("", "none"):
+        message = node.validate_inputs(model="mano", mano_file=nothing)
+        assert isinstance(message, str) and "MANO_RIGHT.pkl" in message
+        assert node.validate_inputs(model="anny (open)", mano_file=nothing) is True
+    with pytest.raises(ValueError, match="MANO_RIGHT.pkl"):
+        node.execute(model="mano", mano_file="none", side="right")
     assert isinstance(node.validate_inputs(model="mano", mano_file="nope.pkl"), str)
     assert node.validate_inputs(model="anny (open)", mano_file="") is True
     with pytest.raises(ValueError, match="MANO_RIGHT.pkl"):
