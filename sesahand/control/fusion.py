@@ -226,30 +226,35 @@ def _chunk_maps(q: torch.Tensor, k_t: torch.Tensor, v_h: torch.Tensor, start: in
     return out, agg
 
 
-def _fused_maps(q_h: torch.Tensor, k_t: torch.Tensor, v_h: torch.Tensor, rows: int, fusion: str,
+def _fused_maps(q_h: torch.Tensor, k_h: torch.Tensor, v_h: torch.Tensor, rows: int, fusion: str,
                 grid: tuple[int, int], common: tuple[int, int], cells: torch.Tensor,
                 buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention output and map aggregate without autograd, on the CPU: the fast path.
 
-    ``q_h``: (B, heads, N, d) float32 queries; ``k_t``: (B, heads, d, N) float32 keys scaled by
-    1/sqrt(d); ``v_h``: (B, heads, N, d) float32 values; ``rows``: query rows per chunk;
-    ``buffer``: flat float32 of at least B * heads * rows * N elements, reused by every chunk.
+    ``q_h``, ``k_h``, ``v_h``: (B, heads, N, d) float32 queries, keys and values (any strides);
+    ``rows``: query rows per chunk; ``buffer``: flat float32 of at least B * heads * rows * N
+    elements, reused by every chunk.
     The output and the log-sum-exp of each query's logits come from PyTorch's fused CPU
     attention kernel (``_scaled_dot_product_flash_attention_for_cpu``, float32 inputs, so a
     float32 lse); the probabilities are then exp(q k^T / sqrt(d) - lse), one matmul (lse
-    folded in as an extra column of q and a row of ones in k, both scaled by log2 e) and one
-    in-place exp2 per chunk,
+    folded in as an extra column of q and a row of log2 e in k, k scaled by log2 e / sqrt(d))
+    and one in-place exp2 per chunk,
     reduced as in :func:`_chunk_maps` (same aggregates, same float32; no softmax passes and no
     value product here). Returns the output (B, heads, N, d) and the summed aggregate
     (``"tokens"``: (B, G, G) max, divided by heads later; ``"gate"``: (B, N) sum).
     """
-    b, heads, d, n = k_t.shape
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q_h, k_t.transpose(-1, -2), v_h, scale=1.0)  # k_t carries the 1/sqrt(d)
-    # base 2: exp(x) = exp2(x log2 e), log2 e folded into the queries (exp2 is several times
-    # cheaper than exp on the CPU, same float32 accuracy)
-    q_aug = (torch.cat([q_h, lse.neg().unsqueeze(-1)], dim=-1) * LOG2_E).view(b * heads, n, d + 1)
-    k_aug = torch.cat([k_t, k_t.new_ones(b, heads, 1, n)], dim=2).view(b * heads, d + 1, n)
+    b, heads, n, d = q_h.shape
+    scale = d ** -0.5
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q_h, k_h, v_h, scale=scale)
+    # base 2: exp(x) = exp2(x log2 e) (exp2 is several times cheaper than exp on the CPU, same
+    # float32 accuracy); [q, -lse] . [k log2 e / sqrt(d); log2 e] = (q k^T / sqrt(d) - lse) log2 e
+    q_aug = q_h.new_empty(b, heads, n, d + 1)
+    q_aug[..., :d] = q_h
+    torch.neg(lse, out=q_aug[..., d])
+    k_aug = k_h.new_empty(b, heads, d + 1, n)
+    torch.mul(k_h.transpose(-1, -2), scale * LOG2_E, out=k_aug[:, :, :d])
+    k_aug[:, :, d] = LOG2_E
+    q_aug, k_aug = q_aug.view(b * heads, n, d + 1), k_aug.view(b * heads, d + 1, n)
     gh, gw = common
     agg = None
     head_sum = buffer.new_empty(b * rows * n) if fusion == "tokens" else None
@@ -386,20 +391,20 @@ class SelfAttentionMaps:
         fused = not recompute and q.device.type == "cpu"
         chunk = self.max_chunk_elements or default_chunk_elements(q.device, fused)
 
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            # Keys (scaled by 1/sqrt(d)) and values once per head, contiguous; queries by chunks.
-            k_t = k.reshape(b, n, heads, d).permute(0, 2, 3, 1).to(compute).contiguous() * d ** -0.5
-            v_h = v.reshape(b, n, heads, d).transpose(1, 2).contiguous()  # (B, heads, N, d)
-
         gh, gw = self.common_grid
         cells = self._cells_of((h, w), q.device)
         rows = min(n, max(1, chunk // (b * heads * n)))
         if fused:  # fused kernel's output and lse, then the maps
             with torch.autocast(device_type="cpu", enabled=False):
-                q_h = q.reshape(b, n, heads, d).transpose(1, 2).to(compute)
-                out_h, agg = _fused_maps(q_h, k_t, v_h.to(compute), rows, self.fusion, (h, w),
-                                         self.common_grid, cells, k_t.new_empty(b * heads * rows * n))
+                q_h, k_h, v_h = (t.reshape(b, n, heads, d).transpose(1, 2).to(compute) for t in (q, k, v))
+                out_h, agg = _fused_maps(q_h, k_h, v_h, rows, self.fusion, (h, w), self.common_grid,
+                                         cells, q_h.new_empty(b * heads * rows * n))
             return out_h.transpose(1, 2).reshape(b, n, inner).to(v.dtype), agg
+
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            # Keys (scaled by 1/sqrt(d)) and values once per head, contiguous; queries by chunks.
+            k_t = k.reshape(b, n, heads, d).permute(0, 2, 3, 1).to(compute).contiguous() * d ** -0.5
+            v_h = v.reshape(b, n, heads, d).transpose(1, 2).contiguous()  # (B, heads, N, d)
         agg = None
         out = v.new_empty((b, n, heads, d))
         buffers = None
