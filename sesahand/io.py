@@ -1,5 +1,5 @@
-"""Atomic file writes (a file appears whole or not at all: temporary file, then rename), and the
-image pixel conversions: float 0..1 <-> uint8 0..255, and any PIL image mode -> 8-bit RGB."""
+"""Atomic file writes (a file appears whole or not at all: temporary file, then rename), the
+cache folder, and the image pixel conversions: float 0..1 <-> uint8 0..255, and any PIL image mode -> 8-bit RGB."""
 
 from __future__ import annotations
 
@@ -33,6 +33,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def default_cache_dir() -> Path:
+    """Folder for SesaHand's caches (built model data, compiled kernels).
+
+    ``$SESAHAND_CACHE_DIR`` when set, otherwise the user cache dir (``platformdirs``,
+    e.g. ``~/.cache/sesahand`` on Linux). Inside ComfyUI the nodes pass ``models/sesahand``
+    for model data.
+    """
+    env = os.environ.get("SESAHAND_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("sesahand"))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

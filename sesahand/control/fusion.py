@@ -60,6 +60,8 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from . import native
+
 FUSION_MODES = ("tokens", "gate")
 #: How the resolutions' pooled maps are combined (module docstring): normalised each, or summed.
 HIERARCHIES = ("balanced", "sum")
@@ -394,11 +396,14 @@ class SelfAttentionMaps:
         gh, gw = self.common_grid
         cells = self._cells_of((h, w), q.device)
         rows = min(n, max(1, chunk // (b * heads * n)))
-        if fused:  # fused kernel's output and lse, then the maps
+        if fused:  # the native kernel, else PyTorch's fused kernel's output and lse, then the maps
             with torch.autocast(device_type="cpu", enabled=False):
                 q_h, k_h, v_h = (t.reshape(b, n, heads, d).transpose(1, 2).to(compute) for t in (q, k, v))
-                out_h, agg = _fused_maps(q_h, k_h, v_h, rows, self.fusion, (h, w), self.common_grid,
+                result = native.attention_maps(q_h, k_h, v_h, self.fusion, cells, gh * gw, chunk)
+                if result is None:
+                    result = _fused_maps(q_h, k_h, v_h, rows, self.fusion, (h, w), self.common_grid,
                                          cells, q_h.new_empty(b * heads * rows * n))
+            out_h, agg = result
             return out_h.transpose(1, 2).reshape(b, n, inner).to(v.dtype), agg
 
         with torch.autocast(device_type=q.device.type, enabled=False):

@@ -38,7 +38,6 @@ Retargeting MANO parameters (documented in README "Hand models"):
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ from typing import Sequence
 
 import torch
 
-from ..io import atomic_path
+from ..io import atomic_path, default_cache_dir
 from .base import MIRROR, HandModel, mirror_params, mirror_rotmat, mirror_rotvec
 from .types import HandMesh, HandParams
 
@@ -99,20 +98,6 @@ def _import_anny():
     import anny
 
     return anny
-
-
-def default_cache_dir() -> Path:
-    """Folder for SesaHand's model caches.
-
-    ``$SESAHAND_CACHE_DIR`` when set, otherwise the user cache dir (``platformdirs``,
-    e.g. ``~/.cache/sesahand`` on Linux). Inside ComfyUI the nodes pass ``models/sesahand``.
-    """
-    env = os.environ.get("SESAHAND_CACHE_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("sesahand"))
 
 
 def anny_cache_file(cache_dir: str | Path | None = None) -> Path:

@@ -41,7 +41,8 @@ from typing import Sequence
 
 import torch
 
-from .anny_model import _import_anny, _rest_frame, build_anny_cache, default_cache_dir
+from ..io import default_cache_dir
+from .anny_model import _import_anny, _rest_frame, build_anny_cache
 from .types import HandMesh
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH", "~/ComfyUI")).expanduser().re
 
 def shared_cache_dir() -> Path:
     """The SesaHand cache the library tier uses too (see ``sesahand.hands.anny_model``)."""
-    from sesahand.hands.anny_model import default_cache_dir
+    from sesahand.io import default_cache_dir
 
     return default_cache_dir()
 
