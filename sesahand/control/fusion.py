@@ -36,10 +36,13 @@ summing to 1 for ``"tokens"``, maximum 1 for ``"gate"``), so every resolution we
 
 Attention maps are computed explicitly, in query chunks of bounded size, and reduced into the
 aggregates chunk by chunk (:class:`SelfAttentionMaps`); flash attention cannot return them.
-Without gradients on the CPU, the output and each query's log-sum-exp come from PyTorch's fused
-attention kernel and the maps are exp(logits - lse) (:func:`_fused_maps`); with gradients, or
-on other devices, each chunk runs the explicit softmax and value product (:func:`_chunk_maps`,
-the reference). Both give the same maps to float32 rounding (tested).
+Without gradients on the CPU, a native kernel computes the output and reduces the maps in one
+pass over the logits (:mod:`sesahand.control.native`, ``sf_attend.cpp``, compiled at first
+use); where it cannot be built, the output and each query's log-sum-exp come from PyTorch's
+fused attention kernel and the maps are exp(logits - lse) (:func:`_fused_maps`). With
+gradients, or on other devices, each chunk runs the explicit softmax and value product
+(:func:`_chunk_maps`, the reference). All give the same outputs and maps to float32 rounding
+(tested).
 Logits and softmax are float32 whatever the input dtype, also under ``torch.autocast`` (which
 is switched off for them). Everything is differentiable (training uses the same functions);
 with gradients each chunk is recomputed in backward (``torch.utils.checkpoint``), so no
@@ -72,7 +75,8 @@ CPU_CHUNK_ELEMENTS = 1 << 21
 #: The same without gradients (float32: 32 MiB), the fused path (:func:`_fused_maps`): each
 #: chunk re-reads all keys. One 64x64 layer (batch 2, 8 heads), chunks of 2^21 / 2^23 / 2^25:
 #: 0.67 / 0.70 / 0.73 s on an idle CPU (explicit path: 0.68 s) but 10.2 / 6.9 / 4.7 s on a
-#: loaded one (explicit path: 23.8 s); 2^23 is the compromise.
+#: loaded one (explicit path: 23.8 s); 2^23 is the compromise. The native kernel
+#: (:mod:`sesahand.control.native`) keeps its scratch within the same number of floats.
 CPU_FUSED_CHUNK_ELEMENTS = 1 << 23
 #: Range of the chunk size on CUDA devices, chosen by free memory (:func:`default_chunk_elements`):
 #: larger chunks mean fewer kernel launches; 1 << 26 float32 elements are 256 MiB.
@@ -396,7 +400,7 @@ class SelfAttentionMaps:
         gh, gw = self.common_grid
         cells = self._cells_of((h, w), q.device)
         rows = min(n, max(1, chunk // (b * heads * n)))
-        if fused:  # the native kernel, else PyTorch's fused kernel's output and lse, then the maps
+        if fused:  # the native kernel; else PyTorch's fused kernel's output and lse, then the maps
             with torch.autocast(device_type="cpu", enabled=False):
                 q_h, k_h, v_h = (t.reshape(b, n, heads, d).transpose(1, 2).to(compute) for t in (q, k, v))
                 result = native.attention_maps(q_h, k_h, v_h, self.fusion, cells, gh * gw, chunk)
