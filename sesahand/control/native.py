@@ -36,7 +36,9 @@ from ..io import atomic_path, default_cache_dir
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("sf_attend.cpp")
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+#: Compiler flags; the second targets this CPU (GCC and Clang spell it -mcpu on Arm).
+FLAGS = ("-O3", "-mcpu=native" if platform.machine().lower() in ("arm64", "aarch64") else "-march=native",
+         "-std=c++17", "-shared", "-fPIC")
 #: Query rows of one work item at most (the kernel's scratch is 2 x rows x keys floats per
 #: thread); fewer when the chunk size asks for less memory (:func:`rows_per_item`).
 MAX_ROWS = 64
@@ -103,6 +105,7 @@ def _load():
     if not path.exists():
         with atomic_path(path) as tmp:
             _run([cxx, *FLAGS, "-o", str(tmp), str(SOURCE)])
+        path.chmod(0o755)  # whatever the umask (002 would leave it group-writable: refused below)
         log.info("compiled SF's attention kernel with %s into %s", cxx, path)
     _check_private(path)
     function = ctypes.CDLL(str(path)).sf_attend

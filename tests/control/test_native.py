@@ -105,10 +105,15 @@ def fresh(monkeypatch, tmp_path):
 
 
 def test_the_kernel_is_built_once_into_a_private_cache_folder(kernel, fresh):
-    assert native.kernel() is not None
+    umask = os.umask(0o002)  # a common user umask: files would be group-writable
+    try:
+        assert native.kernel() is not None
+    finally:
+        os.umask(umask)
     libraries = list(fresh.iterdir())
     assert [p.suffix for p in libraries] == [".so"]  # no temporary file left
     assert fresh.stat().st_mode & 0o777 == 0o700
+    assert libraries[0].stat().st_mode & 0o777 == 0o755
     assert libraries[0] == native.library_path(native.compiler())
     mtime = libraries[0].stat().st_mtime_ns
     native._kernel = None
