@@ -7,7 +7,7 @@ The kernel is compiled at first use with the system's C++ compiler (``$CXX``, el
 mode 0700, and a library there that another user could have written is refused), built to a
 temporary file and renamed, so concurrent processes never load a half-written library. The
 file name holds a hash of the source, the compiler's version, the flags and the target the
-compiler sees, so a changed CPU or compiler builds anew. It is loaded with ``ctypes`` (which
+compiler sees, so a changed CPU or compiler builds anew (and the older library is removed). It is loaded with ``ctypes`` (which
 releases the GIL during the call) and run on ``torch.get_num_threads()`` Python threads, each on
 its own query rows. When no compiler is found, the platform is not POSIX, or the build or load
 fails, :func:`kernel` logs one warning and returns None; callers then use the PyTorch path
@@ -107,6 +107,9 @@ def _load():
             _run([cxx, *FLAGS, "-o", str(tmp), str(SOURCE)])
         path.chmod(0o755)  # whatever the umask (002 would leave it group-writable: refused below)
         log.info("compiled SF's attention kernel with %s into %s", cxx, path)
+        for stale in path.parent.glob("sf_attend-*.so"):  # older sources, compilers or CPUs
+            if stale != path:
+                stale.unlink(missing_ok=True)
     _check_private(path)
     function = ctypes.CDLL(str(path)).sf_attend
     p, i = ctypes.c_void_p, ctypes.c_int

@@ -72,23 +72,27 @@ def test_rows_per_item_and_threads_do_not_change_results(kernel, fusion, monkeyp
 
 
 def test_extreme_logits_give_finite_maps(kernel):
-    """Large logits (a near one-hot softmax) and equal logits (uniform rows) as the reference."""
+    """Large logits (a near one-hot softmax: exp2 underflows to 0 for most keys) and equal
+    logits (uniform rows) as the reference. Logits of size ~900 carry a float32 rounding error
+    of ~1e-4, hence the wider tolerance (over 200 seeds the error stayed under 0.16 of it)."""
     grid, common = (8, 8), (4, 4)
-    q = torch.randn(1, 2, 64, 8) * torch.tensor([30.0, 0.0]).view(1, 2, 1, 1)
-    k, v = torch.randn(1, 2, 64, 8) * 30, torch.randn(1, 2, 64, 8)
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 2, 64, 8, generator=g) * torch.tensor([30.0, 0.0]).view(1, 2, 1, 1)
+    k, v = torch.randn(1, 2, 64, 8, generator=g) * 30, torch.randn(1, 2, 64, 8, generator=g)
     for fusion in ("tokens", "gate"):
         out, agg = native.attention_maps(q, k, v, fusion, grid_cells(grid, common), 16, 1 << 23)
         expected_out, expected_agg = reference(q, k, v, fusion, grid, common)
         assert torch.isfinite(out).all() and torch.isfinite(agg).all()
-        torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(agg, expected_agg, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out, expected_out, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(agg, expected_agg, rtol=1e-3, atol=1e-4)
 
 
 def test_self_attention_maps_use_the_kernel_without_gradients(kernel, monkeypatch):
     calls = []
     original = native.attention_maps
     monkeypatch.setattr(native, "attention_maps", lambda *a: calls.append(1) or original(*a))
-    q, k, v = (torch.randn(1, 64, 16) for _ in range(3))
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 64, 16, generator=g) for _ in range(3))
     with torch.no_grad():
         SelfAttentionMaps("tokens", (4, 4)).attention(q, k, v, 2, (8, 8))
     assert calls == [1]
@@ -105,13 +109,15 @@ def fresh(monkeypatch, tmp_path):
 
 
 def test_the_kernel_is_built_once_into_a_private_cache_folder(kernel, fresh):
+    fresh.mkdir(mode=0o700, parents=True)
+    (fresh / "sf_attend-0123456789abcdef0123.so").write_bytes(b"an older build")
     umask = os.umask(0o002)  # a common user umask: files would be group-writable
     try:
         assert native.kernel() is not None
     finally:
         os.umask(umask)
     libraries = list(fresh.iterdir())
-    assert [p.suffix for p in libraries] == [".so"]  # no temporary file left
+    assert [p.suffix for p in libraries] == [".so"]  # no temporary file left, the older build removed
     assert fresh.stat().st_mode & 0o777 == 0o700
     assert libraries[0].stat().st_mode & 0o777 == 0o755
     assert libraries[0] == native.library_path(native.compiler())
@@ -136,7 +142,8 @@ def test_without_a_working_compiler_the_pytorch_path_runs(fresh, monkeypatch, ca
     """No compiler, or one that fails: one warning, no file in the cache, same results."""
     monkeypatch.setenv("CXX", cxx)
     grid = (6, 10)
-    q, k, v = (torch.randn(2, 60, 8) for _ in range(3))
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, 60, 8, generator=g) for _ in range(3))
     expected = SelfAttentionMaps("gate", (2, 3))
     out_expected = expected.attention(*(t.clone().requires_grad_() for t in (q, k, v)), 2, grid)
     with caplog.at_level(logging.WARNING, logger=native.__name__), torch.no_grad():
