@@ -179,8 +179,10 @@ def attention_maps(q_h: torch.Tensor, k_h: torch.Tensor, v_h: torch.Tensor, fusi
     q = q_h.contiguous()
     kt = q_h.new_zeros(b, heads, d, np_)
     torch.mul(k_h.transpose(-1, -2), d ** -0.5 * math.log2(math.e), out=kt[..., :n])
-    v = v_h.contiguous() if dp == d else q_h.new_zeros(b, heads, n, dp)
-    if dp != d:
+    if dp == d:
+        v = v_h.contiguous()
+    else:
+        v = q_h.new_zeros(b, heads, n, dp)
         v[..., :d] = v_h
     out = q_h.new_empty(b, heads, n, dp)
     cells32 = cells.to(device="cpu", dtype=torch.int32).contiguous()

@@ -333,7 +333,8 @@ def test_fast_cpu_paths_equal_the_reference_path(fusion, chunk, path, monkeypatc
         with torch.no_grad():
             out = fast.attention(q, k, v, HEADS, grid)
         expected = reference.attention(*(t.clone().requires_grad_() for t in (q, k, v)), HEADS, grid)
-        torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-5)
+        # the native kernel's own exp2 and summation order: float32 rounding of outputs up to ~8
+        torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-5 if path == "native" else 1e-6)
     assert len(calls) == len(LAYER_GRIDS)  # the fast path ran for every layer
     torch.testing.assert_close(fast.structure(), reference.structure().detach(), rtol=1e-5, atol=1e-7)
 
